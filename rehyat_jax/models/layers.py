@@ -1,6 +1,6 @@
 """Small NNX layers shared by the DiT: annotated dense layers, Wan's norms, time/patch embeddings.
 
-Every parameter is created through ``nnx.with_partitioning`` so it carries logical axis names
+Every parameter is created through ``sharding.logical`` so it carries logical axis names
 (replicated ones too: an unannotated parameter gets a propagated sharding after step 0 and forces
 a recompile). Logical names are listed in ``rehyat_jax.models.sharding``.
 """
@@ -15,20 +15,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from rehyat_jax.models.sharding import logical
+
 Axes = Sequence[str | None]
 
 xavier_uniform = nnx.initializers.xavier_uniform()
 zeros = nnx.initializers.zeros_init()
 ones = nnx.initializers.ones_init()
-
-
-def logical(init, axes: Axes):
-  """Attach logical axis names to an initializer.
-
-  Sharding is applied by the training code under a mesh (``train/``), never at creation:
-  eager sharding would make building a model outside a mesh an error.
-  """
-  return nnx.with_partitioning(init, tuple(axes), eager_sharding=False)
 
 
 def annotated_param(init, axes: Axes, rngs: nnx.Rngs, shape, dtype=jnp.float32) -> nnx.Param:

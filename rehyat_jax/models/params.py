@@ -12,6 +12,11 @@ import jax
 import numpy as np
 from flax import nnx
 
+from rehyat_jax.attention.feature_maps import PhiParam
+
+# The teacher's parameters: everything a converted Wan checkpoint holds (ReHyAt's phi excluded).
+TEACHER_PARAMS = nnx.All(nnx.Param, nnx.Not(PhiParam))
+
 
 def _shape_tree(tree: Any) -> Any:
   return jax.tree_util.tree_map(lambda a: tuple(np.shape(a)), tree)
@@ -38,11 +43,12 @@ def model_to_canonical_layout(tree: dict, *, scan_layers: bool, num_layers: int)
 def load_params(model: nnx.Module, canonical: dict, *, strict: bool = True) -> None:
   """Write a canonical parameter tree into ``model`` (in place), casting to each parameter's dtype.
 
-  With ``strict`` the tree must cover exactly the model's ``nnx.Param`` leaves outside ReHyAt's
-  feature maps, with equal shapes; otherwise a ValueError lists every difference.
+  The tree holds the teacher's parameters (a student's feature maps keep their values). With
+  ``strict`` it must cover exactly those leaves with equal shapes; otherwise a ValueError lists
+  every difference.
   """
   run = model.run
-  state = nnx.state(model, nnx.Param)
+  state = nnx.state(model, TEACHER_PARAMS)
   current = state.to_pure_dict()
   incoming = canonical_to_model_layout(canonical, scan_layers=run.scan_layers, num_layers=model.cfg.num_layers)
   want = dict(jax.tree_util.tree_flatten_with_path(_shape_tree(current))[0])
@@ -64,6 +70,6 @@ def load_params(model: nnx.Module, canonical: dict, *, strict: bool = True) -> N
 
 
 def canonical_params(model: nnx.Module) -> dict:
-  """The model's parameters as a canonical (stacked) tree of numpy arrays."""
-  tree = jax.tree_util.tree_map(np.asarray, nnx.state(model, nnx.Param).to_pure_dict())
+  """The model's teacher parameters as a canonical (stacked) tree of numpy arrays."""
+  tree = jax.tree_util.tree_map(np.asarray, nnx.state(model, TEACHER_PARAMS).to_pure_dict())
   return model_to_canonical_layout(tree, scan_layers=model.run.scan_layers, num_layers=model.cfg.num_layers)

@@ -18,6 +18,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from rehyat_jax.attention.config import RehyatConfig
+from rehyat_jax.attention.feature_maps import FeatureMap
+from rehyat_jax.attention.hybrid import hybrid_attention
+from rehyat_jax.attention.scan import RecurrentState, init_recurrent_state, recurrent_chunk_step
 from rehyat_jax.attention.softmax import softmax_attention
 from rehyat_jax.models import rope as rope_lib
 from rehyat_jax.models.config import PrecisionPolicy, WanConfig
@@ -75,13 +79,19 @@ def _modulation_init(dim: int):
 
 
 class SelfAttention(nnx.Module):
-  """q/k/v/o projections, RMSNorm over the full width before the head split, 3D RoPE, attention."""
+  """q/k/v/o projections, RMSNorm over the full width before the head split, 3D RoPE, attention.
 
-  def __init__(self, cfg: WanConfig, run: RuntimeConfig, *, rngs: nnx.Rngs):
+  With a ``RehyatConfig`` the module also owns phi_q, phi_k and can run the hybrid instead of
+  full softmax (``converted``), or one chunk of the causal RNN (``recurrent_step``).
+  """
+
+  def __init__(self, cfg: WanConfig, run: RuntimeConfig, rehyat: RehyatConfig | None = None, *,
+               rngs: nnx.Rngs):
     p = run.policy
     self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
     self.compute_dtype = p.compute_dtype
     self.softmax_backend = run.softmax_backend
+    self.rehyat = rehyat
     mk = functools.partial(dense, rngs=rngs, param_dtype=p.param_dtype, dtype=p.compute_dtype)
     self.q = mk(cfg.dim, cfg.dim, ("embed", "heads"))
     self.k = mk(cfg.dim, cfg.dim, ("embed", "heads"))
@@ -89,22 +99,53 @@ class SelfAttention(nnx.Module):
     self.o = mk(cfg.dim, cfg.dim, ("heads", "embed"))
     self.norm_q = RMSNorm(cfg.dim, cfg.eps, rngs=rngs)
     self.norm_k = RMSNorm(cfg.dim, cfg.eps, rngs=rngs)
+    if rehyat is not None:
+      self.phi_q = FeatureMap.from_config(rehyat.feature_map, cfg.num_heads, cfg.head_dim, rngs=rngs)
+      self.phi_k = FeatureMap.from_config(rehyat.feature_map, cfg.num_heads, cfg.head_dim, rngs=rngs)
 
   def qkv(self, x: jnp.ndarray, rope: rope_lib.RopeTables):
-    """Post-RoPE q, k and v as [B, N, H, D] in the compute dtype."""
+    """Post-RoPE q, k and v as [B, N, H, D] in the compute dtype, plus the inputs phi sees."""
     b, n, _ = x.shape
     split = lambda t: t.reshape(b, n, self.num_heads, self.head_dim)
-    q = rope_lib.apply_rope(split(self.norm_q(self.q(x))), rope)
-    k = rope_lib.apply_rope(split(self.norm_k(self.k(x))), rope)
-    v = split(self.v(x))
+    q_pre, k_pre = split(self.norm_q(self.q(x))), split(self.norm_k(self.k(x)))
     cast = lambda t: t.astype(self.compute_dtype)
-    return cast(q), cast(k), cast(v)
+    q, k = cast(rope_lib.apply_rope(q_pre, rope)), cast(rope_lib.apply_rope(k_pre, rope))
+    v = cast(split(self.v(x)))
+    phi_inputs = (q, k) if self.rehyat is None or self.rehyat.phi_input == "post_rope" else (q_pre, k_pre)
+    return q, k, v, phi_inputs
 
-  def __call__(self, x: jnp.ndarray, rope: rope_lib.RopeTables, geometry: Geometry) -> jnp.ndarray:
-    del geometry  # full softmax needs no frame structure
-    q, k, v = self.qkv(x, rope)
-    out = softmax_attention(q, k, v, backend=self.softmax_backend)
+  def _hybrid(self, q, k, v, phi_inputs, geometry: Geometry) -> jnp.ndarray:
+    r = self.rehyat
+    return hybrid_attention(q, k, v, self.phi_q(phi_inputs[0]), self.phi_k(phi_inputs[1]),
+                            tokens_per_frame=geometry.tokens_per_frame, chunk_frames=r.chunk_frames,
+                            overlap_frames=r.overlap_frames, causal=r.causal, mode=r.mode).astype(q.dtype)
+
+  def __call__(self, x: jnp.ndarray, rope: rope_lib.RopeTables, geometry: Geometry,
+               converted: bool | jnp.ndarray = False) -> jnp.ndarray:
+    """``converted``: a Python bool, or a traced bool (one scanned stack mixing both kinds)."""
+    q, k, v, phi_inputs = self.qkv(x, rope)
+    softmax = lambda: softmax_attention(q, k, v, backend=self.softmax_backend)
+    hybrid = lambda: self._hybrid(q, k, v, phi_inputs, geometry)
+    if self.rehyat is None or converted is False:
+      out = softmax()
+    elif converted is True:
+      out = hybrid()
+    else:
+      out = jax.lax.cond(converted, hybrid, softmax)
     return self.o(out.reshape(*x.shape[:2], -1))
+
+  def recurrent_step(self, x: jnp.ndarray, rope: rope_lib.RopeTables, geometry: Geometry,
+                     state: RecurrentState) -> tuple[jnp.ndarray, RecurrentState]:
+    """One chunk of the causal ReHyAt RNN; ``x`` holds the chunk's tokens only."""
+    q, k, v, phi_inputs = self.qkv(x, rope)
+    state, out = recurrent_chunk_step(state, q, k, v, self.phi_q(phi_inputs[0]), self.phi_k(phi_inputs[1]),
+                                      tokens_per_frame=geometry.tokens_per_frame)
+    return self.o(out.astype(q.dtype).reshape(*x.shape[:2], -1)), state
+
+  def initial_state(self, batch: int, geometry: Geometry) -> RecurrentState:
+    return init_recurrent_state(batch, self.num_heads, self.head_dim, self.rehyat.feature_map.output_dim,
+                                tokens_per_frame=geometry.tokens_per_frame,
+                                overlap_frames=self.rehyat.overlap_frames, dtype=self.compute_dtype)
 
 
 class CrossAttention(nnx.Module):
@@ -145,25 +186,36 @@ class FeedForward(nnx.Module):
 class WanBlock(nnx.Module):
   """One Wan attention block; modulation and gated residual adds in float32."""
 
-  def __init__(self, cfg: WanConfig, run: RuntimeConfig, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: WanConfig, run: RuntimeConfig, rehyat: RehyatConfig | None = None, *,
+               rngs: nnx.Rngs):
     self.eps = cfg.eps
     self.compute_dtype = run.policy.compute_dtype
     self.modulation = annotated_param(_modulation_init(cfg.dim), (None, None, "norm"), rngs, (1, 6, cfg.dim))
-    self.self_attn = SelfAttention(cfg, run, rngs=rngs)
+    self.self_attn = SelfAttention(cfg, run, rehyat, rngs=rngs)
     self.norm3 = AffineLayerNorm(cfg.dim, cfg.eps, rngs=rngs)
     self.cross_attn = CrossAttention(cfg, run, rngs=rngs)
     self.ffn = FeedForward(cfg, run, rngs=rngs)
 
-  def __call__(self, x: jnp.ndarray, e0: jnp.ndarray, context: jnp.ndarray, rope: rope_lib.RopeTables,
-               geometry: Geometry) -> jnp.ndarray:
+  def _residual(self, x, e0, context, attend):
+    """The block around its self-attention; ``attend(h) -> (out, aux)``, returns (x, aux)."""
     mod = self.modulation[...].astype(jnp.float32) + e0  # [B, 6, dim]
     shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (mod[:, i:i + 1] for i in range(6))
     cd = self.compute_dtype
     h = layer_norm(x, self.eps) * (1 + scale_sa) + shift_sa
-    x = x + self.self_attn(h.astype(cd), rope, geometry).astype(jnp.float32) * gate_sa
+    out, aux = attend(h.astype(cd))
+    x = x + out.astype(jnp.float32) * gate_sa
     x = x + self.cross_attn(self.norm3(x).astype(cd), context).astype(jnp.float32)
     h = layer_norm(x, self.eps) * (1 + scale_ff) + shift_ff
-    return x + self.ffn(h.astype(cd)).astype(jnp.float32) * gate_ff
+    return x + self.ffn(h.astype(cd)).astype(jnp.float32) * gate_ff, aux
+
+  def __call__(self, x: jnp.ndarray, e0: jnp.ndarray, context: jnp.ndarray, rope: rope_lib.RopeTables,
+               geometry: Geometry, converted: bool | jnp.ndarray = False) -> jnp.ndarray:
+    attend = lambda h: (self.self_attn(h, rope, geometry, converted), None)
+    return self._residual(x, e0, context, attend)[0]
+
+  def recurrent_step(self, x, e0, context, rope, geometry, state: RecurrentState):
+    attend = lambda h: self.self_attn.recurrent_step(h, rope, geometry, state)
+    return self._residual(x, e0, context, attend)
 
 
 class Head(nnx.Module):
@@ -180,19 +232,26 @@ class Head(nnx.Module):
     return self.head(layer_norm(x, self.eps) * (1 + scale) + shift)
 
 
-def _stacked_blocks(cfg: WanConfig, run: RuntimeConfig, rngs: nnx.Rngs):
+def _stacked_blocks(cfg: WanConfig, run: RuntimeConfig, rehyat: RehyatConfig | None, rngs: nnx.Rngs):
   @nnx.split_rngs(splits=cfg.num_layers)
   @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
   def make(rngs):
-    return WanBlock(cfg, run, rngs=rngs)
+    return WanBlock(cfg, run, rehyat, rngs=rngs)
   return make(rngs)
 
 
 class WanDiT(nnx.Module):
-  """Wan2.1 T2V DiT. ``cfg`` fixes the architecture, ``run`` how it computes."""
+  """Wan2.1 T2V DiT. ``cfg`` fixes the architecture, ``run`` how it computes.
 
-  def __init__(self, cfg: WanConfig, run: RuntimeConfig = RuntimeConfig(), *, rngs: nnx.Rngs):
-    self.cfg, self.run = cfg, run
+  ``rehyat=None`` is the softmax teacher. With a ``RehyatConfig`` every block owns feature maps
+  (one stacked shape for the scan) and the blocks in ``rehyat.converted_blocks`` run ReHyAt;
+  the others keep full softmax.
+  """
+
+  def __init__(self, cfg: WanConfig, run: RuntimeConfig = RuntimeConfig(), rehyat: RehyatConfig | None = None,
+               *, rngs: nnx.Rngs):
+    self.cfg, self.run, self.rehyat = cfg, run, rehyat
+    self.converted = rehyat.converted_mask(cfg.num_layers) if rehyat is not None else (False,) * cfg.num_layers
     p = run.policy
     normal = nnx.initializers.normal(0.02)
     self.patch_embedding = PatchEmbed(cfg.in_dim, cfg.dim, cfg.patch_size, rngs=rngs,
@@ -203,13 +262,12 @@ class WanDiT(nnx.Module):
     self.time_embedding = MLP2(cfg.freq_dim, cfg.dim, jax.nn.silu, in_axis=None, rngs=rngs, kernel_init=normal)
     self.time_projection = dense(cfg.dim, 6 * cfg.dim, ("embed", "modulation"), rngs=rngs)
     if run.scan_layers:
-      self.blocks = _stacked_blocks(cfg, run, rngs)
+      self.blocks = _stacked_blocks(cfg, run, rehyat, rngs)
     else:
-      self.blocks = nnx.List([WanBlock(cfg, run, rngs=rngs) for _ in range(cfg.num_layers)])
+      self.blocks = nnx.List([WanBlock(cfg, run, rehyat, rngs=rngs) for _ in range(cfg.num_layers)])
     self.head = Head(cfg, rngs=rngs)
 
-  def embed(self, latents: jnp.ndarray, timesteps: jnp.ndarray, context: jnp.ndarray):
-    """Tokens (float32 residual stream), e [B, dim], e0 [B, 6, dim], text [B, L, dim], geometry."""
+  def _check_inputs(self, latents, timesteps, context) -> Geometry:
     cfg = self.cfg
     if latents.ndim != 5 or latents.shape[1] != cfg.in_dim:
       raise ValueError(f"latents must be [B, {cfg.in_dim}, F, H, W]; got shape {latents.shape}")
@@ -219,12 +277,22 @@ class WanDiT(nnx.Module):
       raise ValueError(f"timesteps must be [B={latents.shape[0]}]; got {timesteps.shape}")
     pt, ph, pw = cfg.patch_size
     _, _, f, h, w = latents.shape
-    geometry = Geometry(f // pt, h // ph, w // pw)
-    x = self.patch_embedding(latents).astype(jnp.float32)
-    e = self.time_embedding(sinusoidal_embedding(timesteps, cfg.freq_dim))
-    e0 = self.time_projection(jax.nn.silu(e)).reshape(-1, 6, cfg.dim)
+    if f % pt or h % ph or w % pw:
+      raise ValueError(f"latent shape (F={f}, H={h}, W={w}) is not divisible by the patch size {cfg.patch_size}")
+    return Geometry(f // pt, h // ph, w // pw)
+
+  def conditioning(self, timesteps: jnp.ndarray, context: jnp.ndarray):
+    """Token-independent inputs: e [B, dim] (head), e0 [B, 6, dim] (blocks), text [B, L, dim]."""
+    e = self.time_embedding(sinusoidal_embedding(timesteps, self.cfg.freq_dim))
+    e0 = self.time_projection(jax.nn.silu(e)).reshape(-1, 6, self.cfg.dim)
     text = self.text_embedding(context.astype(self.run.policy.compute_dtype))
-    return x, e, e0, text, geometry
+    return e, e0, text
+
+  def embed(self, latents: jnp.ndarray, timesteps: jnp.ndarray, context: jnp.ndarray):
+    """Tokens (float32 residual stream), e, e0, text and the patch-grid geometry."""
+    geometry = self._check_inputs(latents, timesteps, context)
+    x = self.patch_embedding(latents).astype(jnp.float32)
+    return (x, *self.conditioning(timesteps, context), geometry)
 
   def unpatchify(self, out: jnp.ndarray, geometry: Geometry) -> jnp.ndarray:
     """[B, N, pt*ph*pw*C] in (pt, ph, pw, c) order -> [B, C, F, H, W]."""
@@ -234,25 +302,95 @@ class WanDiT(nnx.Module):
     out = out.transpose(0, 7, 1, 4, 2, 5, 3, 6)
     return out.reshape(b, self.cfg.out_dim, geometry.frames * pt, geometry.height * ph, geometry.width * pw)
 
+  def _rope(self, geometry: Geometry) -> rope_lib.RopeTables:
+    return rope_lib.rope_tables(self.cfg.head_dim, (geometry.frames, geometry.height, geometry.width),
+                                theta=self.cfg.rope_theta)
+
   def run_blocks(self, x, e0, text, rope, geometry):
     policy = REMAT_POLICIES[self.run.remat]
+    flags = self.converted
 
-    def body(x, block):
-      return block(x, e0, text, rope, geometry)
+    def body(x, block, converted):
+      return block(x, e0, text, rope, geometry, converted)
 
     if self.run.scan_layers:
+      uniform = all(flags) or not any(flags)
+      if uniform:
+        scan_body = lambda x, block: body(x, block, flags[0])
+        if policy is not None:
+          scan_body = nnx.remat(scan_body, policy=policy, prevent_cse=False)
+        return nnx.scan(scan_body, in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)(x, self.blocks)
       if policy is not None:
         body = nnx.remat(body, policy=policy, prevent_cse=False)
-      return nnx.scan(body, in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)(x, self.blocks)
+      return nnx.scan(body, in_axes=(nnx.Carry, 0, 0), out_axes=nnx.Carry)(x, self.blocks, jnp.asarray(flags))
     if policy is not None:
-      body = nnx.remat(body, policy=policy)
-    for block in self.blocks:
-      x = body(x, block)
+      body = nnx.remat(body, policy=policy, static_argnums=(2,))
+    for block, converted in zip(self.blocks, flags):
+      x = body(x, block, converted)
     return x
 
   def __call__(self, latents: jnp.ndarray, timesteps: jnp.ndarray, context: jnp.ndarray) -> jnp.ndarray:
     x, e, e0, text, geometry = self.embed(latents, timesteps, context)
-    rope = rope_lib.rope_tables(self.cfg.head_dim, (geometry.frames, geometry.height, geometry.width),
-                                theta=self.cfg.rope_theta)
-    x = self.run_blocks(x, e0, text, rope, geometry)
+    x = self.run_blocks(x, e0, text, self._rope(geometry), geometry)
     return self.unpatchify(self.head(x, e), geometry)
+
+  def recurrent_forward(self, latents: jnp.ndarray, timesteps: jnp.ndarray, context: jnp.ndarray) -> jnp.ndarray:
+    """The same function as ``__call__`` for an all-causal-ReHyAt model, run chunk by chunk.
+
+    ``lax.scan`` over chunks of ``chunk_frames`` latent frames; inside, every layer runs on the
+    chunk's tokens and carries its own ``RecurrentState``. Peak activation memory is set by one
+    chunk, whatever the video length; a shorter last chunk is one more call of the same step.
+    """
+    r = self.rehyat
+    if r is None or not all(self.converted) or not r.causal:
+      softmax_ids = [i for i, c in enumerate(self.converted) if not c]
+      raise ValueError(
+          "recurrent_forward needs every self-attention to be causal ReHyAt; this model has "
+          + ("no ReHyAt config" if r is None else
+             f"causal={r.causal} and full-softmax blocks {softmax_ids}") + ". Use the parallel forward.")
+    geometry = self._check_inputs(latents, timesteps, context)
+    e, e0, text = self.conditioning(timesteps, context)
+    pt = self.cfg.patch_size[0]
+    tc = r.chunk_frames
+    n_full, rem = divmod(geometry.frames, tc)
+    full_rope = self._rope(geometry)  # per-axis tables: the temporal one is [F, t/2], tiny
+    batch = latents.shape[0]
+
+    if self.run.scan_layers:
+      graphdef, block_params = nnx.split(self.blocks)
+      single = nnx.merge(graphdef, jax.tree_util.tree_map(lambda a: a[0], block_params))
+      state0 = single.self_attn.initial_state(batch, geometry)
+      states = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (self.cfg.num_layers, *a.shape)), state0)
+    else:
+      states = [block.self_attn.initial_state(batch, geometry) for block in self.blocks]
+
+    def run_chunk(states, latent_chunk, frame0, frames):
+      geom = Geometry(frames, geometry.height, geometry.width)
+      rope = full_rope._replace(cos_t=jax.lax.dynamic_slice_in_dim(full_rope.cos_t, frame0, frames),
+                                sin_t=jax.lax.dynamic_slice_in_dim(full_rope.sin_t, frame0, frames))
+      x = self.patch_embedding(latent_chunk).astype(jnp.float32)
+      if self.run.scan_layers:
+        def layer(x, inputs):
+          params, state = inputs
+          return nnx.merge(graphdef, params).recurrent_step(x, e0, text, rope, geom, state)
+        x, states = jax.lax.scan(layer, x, (block_params, states))
+      else:
+        new_states = []
+        for block, state in zip(self.blocks, states):
+          x, state = block.recurrent_step(x, e0, text, rope, geom, state)
+          new_states.append(state)
+        states = new_states
+      return states, self.unpatchify(self.head(x, e), geom)
+
+    outputs = []
+    if n_full:
+      body = latents[:, :, :n_full * tc * pt]
+      chunks = jnp.moveaxis(body.reshape(*body.shape[:2], n_full, tc * pt, *body.shape[3:]), 2, 0)
+      states, outs = jax.lax.scan(lambda s, inp: run_chunk(s, inp[0], inp[1] * tc, tc), states,
+                                  (chunks, jnp.arange(n_full)))
+      outs = jnp.moveaxis(outs, 0, 2)  # [B, C, n_full, tc*pt, H, W]
+      outputs.append(outs.reshape(*outs.shape[:2], n_full * tc * pt, *outs.shape[4:]))
+    if rem:
+      _, tail = run_chunk(states, latents[:, :, n_full * tc * pt:], n_full * tc, rem)
+      outputs.append(tail)
+    return jnp.concatenate(outputs, axis=2) if len(outputs) > 1 else outputs[0]
