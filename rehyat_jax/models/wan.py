@@ -364,10 +364,11 @@ class WanDiT(nnx.Module):
     else:
       states = [block.self_attn.initial_state(batch, geometry) for block in self.blocks]
 
-    def run_chunk(states, latent_chunk, frame0, frames):
+    def run_chunk(states, frame0, frames):
       geom = Geometry(frames, geometry.height, geometry.width)
       rope = full_rope._replace(cos_t=jax.lax.dynamic_slice_in_dim(full_rope.cos_t, frame0, frames),
                                 sin_t=jax.lax.dynamic_slice_in_dim(full_rope.sin_t, frame0, frames))
+      latent_chunk = jax.lax.dynamic_slice_in_dim(latents, frame0 * pt, frames * pt, axis=2)
       x = self.patch_embedding(latent_chunk).astype(jnp.float32)
       if self.run.scan_layers:
         def layer(x, inputs):
@@ -382,15 +383,19 @@ class WanDiT(nnx.Module):
         states = new_states
       return states, self.unpatchify(self.head(x, e), geom)
 
-    outputs = []
+    # Chunks are read from the latents and written into the output in place: no per-chunk
+    # stacking, so buffers beyond one chunk's activations are the size of the latents.
+    out_shape = (batch, self.cfg.out_dim, *latents.shape[2:])
+    output = jnp.zeros(out_shape, jnp.float32)
+
+    def scan_body(carry, index):
+      states, output = carry
+      states, out = run_chunk(states, index * tc, tc)
+      return (states, jax.lax.dynamic_update_slice_in_dim(output, out, index * tc * pt, axis=2)), None
+
     if n_full:
-      body = latents[:, :, :n_full * tc * pt]
-      chunks = jnp.moveaxis(body.reshape(*body.shape[:2], n_full, tc * pt, *body.shape[3:]), 2, 0)
-      states, outs = jax.lax.scan(lambda s, inp: run_chunk(s, inp[0], inp[1] * tc, tc), states,
-                                  (chunks, jnp.arange(n_full)))
-      outs = jnp.moveaxis(outs, 0, 2)  # [B, C, n_full, tc*pt, H, W]
-      outputs.append(outs.reshape(*outs.shape[:2], n_full * tc * pt, *outs.shape[4:]))
+      (states, output), _ = jax.lax.scan(scan_body, (states, output), jnp.arange(n_full))
     if rem:
-      _, tail = run_chunk(states, latents[:, :, n_full * tc * pt:], n_full * tc, rem)
-      outputs.append(tail)
-    return jnp.concatenate(outputs, axis=2) if len(outputs) > 1 else outputs[0]
+      _, tail = run_chunk(states, n_full * tc, rem)
+      output = jax.lax.dynamic_update_slice_in_dim(output, tail, n_full * tc * pt, axis=2)
+    return output
