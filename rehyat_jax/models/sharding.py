@@ -30,3 +30,21 @@ def logical(init, axes: Sequence[str | None]):
   if unknown:
     raise ValueError(f"unknown logical axis names {unknown}; known: {LOGICAL_AXES}")
   return nnx.with_partitioning(init, tuple(axes), eager_sharding=False)
+
+
+# Logical name -> mesh axis. FSDP shards the model width, tensor parallelism the attention and
+# FFN widths; names mapped to an axis the mesh lacks fall back to replication.
+DEFAULT_RULES: tuple[tuple[str, str | None], ...] = (
+    ("embed", "fsdp"), ("heads", "tensor"), ("mlp", "tensor"), ("modulation", "tensor"), ("embed_out", None),
+    ("text_embed", None), ("patch_in", None), ("norm", None), ("layers", None))
+
+
+def mesh_shardings(state, mesh, rules=DEFAULT_RULES):
+  """``NamedSharding`` per Variable of an (abstract) NNX state under logical ``rules``."""
+  known = {name for name, _ in rules}
+  missing = [name for name in LOGICAL_AXES if name not in known]
+  if missing:
+    raise ValueError(f"sharding rules do not map the logical axes {missing}")
+  resolved = [(name, axis if axis is None or axis in mesh.axis_names else None) for name, axis in rules]
+  with nnx.logical_axis_rules(resolved):
+    return nnx.get_named_sharding(state, mesh)
