@@ -1,0 +1,111 @@
+"""Learned feature maps phi_q, phi_k of ReHyAt's linear branch (method.md §3).
+
+Per head (a grouped 1x1 convolution): psi(x) = W2 act(W1 x + b1) + b2, psi split into P equal
+parts of Dp, phi = concat(psi_1^1, psi_2^2, ..., psi_P^P), D' = P * Dp. Computed in float32
+whatever the input dtype; parameters are float32 ``PhiParam``s so an optimizer or gradient
+filter (``wrt=PhiParam``) selects exactly the feature maps.
+
+**Decision — initialisation.** W1 is LeCun-normal per head (std 1/sqrt(D)), b1 = b2 = 0, and
+W2 ~ N(0, (init_scale / sqrt(hidden))^2) with init_scale = 1e-3, i.e. 1e-3 times LeCun.
+Then |psi| ~ 1e-3 and |phi| <= ~1e-3, so phi_q . z_L and phi_q . KV_L are tiny next to the
+softmax mass n_S >= 1 and an untrained student is close to chunk-local softmax.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from rehyat_jax.models.sharding import logical
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # exact erf GELU, as torch's default
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "identity": lambda x: x,
+}
+MAX_DEGREE = 4
+
+
+class PhiParam(nnx.Param):
+  """Parameter of a ReHyAt feature map (the only thing stage-1 distillation trains)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureMapConfig:
+  """Hyper-parameters of one feature map; defaults give ~1.2M parameters for 12 heads x 128."""
+
+  degree: int = 2
+  hidden: int = 256
+  feature_dim: int = 128
+  activation: str = "gelu"
+  init_scale: float = 1e-3
+
+  def __post_init__(self):
+    if not 1 <= self.degree <= MAX_DEGREE:
+      raise ValueError(f"degree must be in 1..{MAX_DEGREE}, got {self.degree!r}")
+    if self.hidden < 1:
+      raise ValueError(f"hidden must be >= 1, got {self.hidden!r}")
+    if self.feature_dim < 1:
+      raise ValueError(f"feature_dim must be >= 1, got {self.feature_dim!r}")
+    if self.activation not in ACTIVATIONS:
+      raise ValueError(f"unknown activation {self.activation!r}; choose one of {sorted(ACTIVATIONS)}")
+
+  @property
+  def output_dim(self) -> int:
+    """D' = degree * feature_dim."""
+    return self.degree * self.feature_dim
+
+
+def _lecun_per_head(scale: float = 1.0) -> nnx.Initializer:
+  # batch_axis=0 keeps the head axis out of fan-in: fan-in is the per-head input size.
+  return jax.nn.initializers.variance_scaling(scale ** 2, "fan_in", "truncated_normal",
+                                              in_axis=-2, out_axis=-1, batch_axis=(0,))
+
+
+class FeatureMap(nnx.Module):
+  """phi: [B, N, H, D] -> [B, N, H, degree * feature_dim] float32, independent weights per head."""
+
+  def __init__(self, num_heads: int, head_dim: int, *, degree: int = 2, hidden: int = 256,
+               feature_dim: int = 128, activation: str = "gelu", init_scale: float = 1e-3,
+               rngs: nnx.Rngs):
+    self.config = FeatureMapConfig(degree=degree, hidden=hidden, feature_dim=feature_dim,
+                                   activation=activation, init_scale=init_scale)
+    self.num_heads = num_heads
+    self.head_dim = head_dim
+    out = self.config.output_dim
+    matrix_names, vector_names = ("heads", None, None), ("heads", None)
+    w1_init = logical(_lecun_per_head(), matrix_names)
+    w2_init = logical(_lecun_per_head(init_scale), matrix_names)
+    zeros = logical(nnx.initializers.zeros_init(), vector_names)
+    self.w1 = PhiParam(w1_init(rngs.params(), (num_heads, head_dim, hidden), jnp.float32))
+    self.b1 = PhiParam(zeros(rngs.params(), (num_heads, hidden), jnp.float32))
+    self.w2 = PhiParam(w2_init(rngs.params(), (num_heads, hidden, out), jnp.float32))
+    self.b2 = PhiParam(zeros(rngs.params(), (num_heads, out), jnp.float32))
+
+  @classmethod
+  def from_config(cls, config: FeatureMapConfig, num_heads: int, head_dim: int, *,
+                  rngs: nnx.Rngs) -> "FeatureMap":
+    return cls(num_heads, head_dim, degree=config.degree, hidden=config.hidden,
+               feature_dim=config.feature_dim, activation=config.activation,
+               init_scale=config.init_scale, rngs=rngs)
+
+  @property
+  def output_dim(self) -> int:
+    return self.config.output_dim
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if x.ndim != 4 or x.shape[2:] != (self.num_heads, self.head_dim):
+      raise ValueError(f"FeatureMap expects [B, N, {self.num_heads}, {self.head_dim}], "
+                       f"got {tuple(x.shape)}")
+    highest = jax.lax.Precision.HIGHEST
+    x = x.astype(jnp.float32)
+    hidden = jnp.einsum("bnhd,hdk->bnhk", x, self.w1[...], precision=highest) + self.b1[...]
+    hidden = ACTIVATIONS[self.config.activation](hidden)
+    psi = jnp.einsum("bnhk,hkp->bnhp", hidden, self.w2[...], precision=highest) + self.b2[...]
+    parts = jnp.split(psi, self.config.degree, axis=-1)
+    return jnp.concatenate([part ** power for power, part in enumerate(parts, start=1)], axis=-1)

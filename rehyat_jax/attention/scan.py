@@ -1,0 +1,154 @@
+"""Chunk-wise recurrent ReHyAt (method.md §4): one chunk step, and lax.scan over chunks.
+
+``recurrent_chunk_step`` is the single building block: the scan form here and the whole-model
+recurrent DiT both call it. Static-shape design: the softmax window buffer is
+[overlap cache (To frames) ; chunk (Tc frames)], slot w of chunk t holding frame t*Tc - To + w.
+After the softmax
+
+- the first Tc frames of the buffer are the frames that LEAVE the softmax window,
+  [t*Tc - To, (t+1)*Tc - To); their valid ones (frame >= 0) go into KV and z. That is exactly
+  §4's [max(t*Tc - To, 0), max((t+1)*Tc - To, 0)), so nothing is counted twice;
+- the last To frames of the buffer become the new cache, [(t+1)*Tc - To, (t+1)*Tc), with their
+  validity carried along (slots before the video start stay invalid).
+
+This holds for To > Tc (the cache then spans several chunks), for To = 0 (zero-size caches)
+and for a shorter last chunk (the same step with fewer tokens). Causal only.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from rehyat_jax.attention.chunking import validate_hybrid_inputs, validate_qkv_phi
+from rehyat_jax.attention.numerics import clamp_features, joint_normalise, matmul_precision
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+class RecurrentState(NamedTuple):
+  """Carry of one causal ReHyAt layer between chunks (a pytree).
+
+  kv:            float32 [B, H, D', D]   sum over L of phi_k v^T
+  z:             float32 [B, H, D']      sum over L of phi_k
+  overlap_k:     [B, To*HW, H, D]        K of the To frames before the next chunk
+  overlap_v:     [B, To*HW, H, D]        V of those frames
+  overlap_phi_k: [B, To*HW, H, D']       phi_k of those frames (they enter KV when they leave)
+  overlap_valid: bool [To*HW]            False for slots before the video start
+  """
+
+  kv: jax.Array
+  z: jax.Array
+  overlap_k: jax.Array
+  overlap_v: jax.Array
+  overlap_phi_k: jax.Array
+  overlap_valid: jax.Array
+
+
+def init_recurrent_state(batch: int, num_heads: int, head_dim: int, phi_dim: int, *,
+                         tokens_per_frame: int, overlap_frames: int,
+                         dtype: jnp.dtype = jnp.float32,
+                         phi_dtype: jnp.dtype = jnp.float32) -> RecurrentState:
+  """State before chunk 0: empty linear sums and an all-invalid overlap cache.
+
+  ``dtype`` is the dtype of the cached K/V (that of k, v); ``phi_dtype`` that of cached phi_k.
+  """
+  if overlap_frames < 0:
+    raise ValueError(f"overlap_frames must be an int >= 0, got {overlap_frames!r}")
+  if tokens_per_frame < 1:
+    raise ValueError(f"tokens_per_frame must be a positive int, got {tokens_per_frame!r}")
+  cached = overlap_frames * tokens_per_frame
+  return RecurrentState(
+      kv=jnp.zeros((batch, num_heads, phi_dim, head_dim), jnp.float32),
+      z=jnp.zeros((batch, num_heads, phi_dim), jnp.float32),
+      overlap_k=jnp.zeros((batch, cached, num_heads, head_dim), dtype),
+      overlap_v=jnp.zeros((batch, cached, num_heads, head_dim), dtype),
+      overlap_phi_k=jnp.zeros((batch, cached, num_heads, phi_dim), phi_dtype),
+      overlap_valid=jnp.zeros((cached,), jnp.bool_),
+  )
+
+
+def recurrent_chunk_step(state: RecurrentState, q: jax.Array, k: jax.Array, v: jax.Array,
+                         phi_q: jax.Array, phi_k: jax.Array, *,
+                         tokens_per_frame: int) -> tuple[RecurrentState, jax.Array]:
+  """One chunk of causal ReHyAt. q, k, v [B, Tc*HW, H, D], phi [B, Tc*HW, H, D'], any Tc >= 1.
+
+  Returns (state after the chunk, output [B, Tc*HW, H, D] in q.dtype).
+  """
+  validate_qkv_phi(q, k, v, phi_q, phi_k)
+  chunk_tokens, cached = q.shape[1], state.overlap_k.shape[1]
+  if chunk_tokens % tokens_per_frame or cached % tokens_per_frame:
+    raise ValueError(
+        f"chunk length {chunk_tokens} and overlap cache length {cached} must be multiples of "
+        f"tokens_per_frame={tokens_per_frame}")
+  if state.kv.shape[1:] != (q.shape[2], phi_q.shape[-1], q.shape[-1]):
+    raise ValueError(
+        f"state kv shape {tuple(state.kv.shape)} does not match [B, H, D', D] of the chunk "
+        f"(H={q.shape[2]}, D'={phi_q.shape[-1]}, D={q.shape[-1]})")
+  precision = matmul_precision(q.dtype)
+
+  k_buf = jnp.concatenate([state.overlap_k.astype(k.dtype), k], axis=1)
+  v_buf = jnp.concatenate([state.overlap_v.astype(v.dtype), v], axis=1)
+  phi_k_buf = jnp.concatenate(
+      [state.overlap_phi_k.astype(jnp.float32), clamp_features(phi_k).astype(jnp.float32)], axis=1)
+  valid_buf = jnp.concatenate([state.overlap_valid, jnp.ones((chunk_tokens,), jnp.bool_)])
+
+  # Softmax over the window, c = row max over valid keys only (method.md §2).
+  scores = jnp.einsum("bqhd,bkhd->bhqk", q, k_buf, precision=precision,
+                      preferred_element_type=jnp.float32)
+  scores = scores * (1.0 / math.sqrt(q.shape[-1]))
+  scores = jnp.where(valid_buf[None, None, None, :], scores, -jnp.inf)
+  row_max = jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True))
+  weights = jnp.exp(scores - row_max)
+  n_s = jnp.sum(weights, axis=-1).transpose(0, 2, 1)
+  a_s = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v_buf.dtype), v_buf, precision=precision,
+                   preferred_element_type=jnp.float32)
+
+  phi_q32 = clamp_features(phi_q).astype(jnp.float32)
+  lin_num = jnp.einsum("bqhp,bhpd->bqhd", phi_q32, state.kv, precision=_HIGHEST)
+  lin_den = jnp.einsum("bqhp,bhp->bqh", phi_q32, state.z, precision=_HIGHEST)
+  out = joint_normalise(a_s, n_s, lin_num, lin_den).astype(q.dtype)
+
+  leaving = valid_buf[:chunk_tokens].astype(jnp.float32)[None, :, None, None]
+  phi_leaving = phi_k_buf[:, :chunk_tokens] * leaving
+  new_state = RecurrentState(
+      kv=state.kv + jnp.einsum("bnhp,bnhd->bhpd", phi_leaving,
+                               v_buf[:, :chunk_tokens].astype(jnp.float32), precision=_HIGHEST),
+      z=state.z + jnp.sum(phi_leaving, axis=1),
+      overlap_k=k_buf[:, chunk_tokens:].astype(state.overlap_k.dtype),
+      overlap_v=v_buf[:, chunk_tokens:].astype(state.overlap_v.dtype),
+      overlap_phi_k=phi_k_buf[:, chunk_tokens:].astype(state.overlap_phi_k.dtype),
+      overlap_valid=valid_buf[chunk_tokens:],
+  )
+  return new_state, out
+
+
+def scan_hybrid_attention(q: jax.Array, k: jax.Array, v: jax.Array, phi_q: jax.Array,
+                          phi_k: jax.Array, *, tokens_per_frame: int, chunk_frames: int,
+                          overlap_frames: int) -> jax.Array:
+  """Causal ReHyAt as an RNN over chunks: lax.scan over the full chunks, then one more step
+  for a shorter last chunk. Same contract as the reference form with causal=True."""
+  geometry = validate_hybrid_inputs(q, k, v, phi_q, phi_k, tokens_per_frame=tokens_per_frame,
+                                    chunk_frames=chunk_frames, overlap_frames=overlap_frames)
+  b, _, h, d = q.shape
+  state = init_recurrent_state(b, h, d, phi_q.shape[-1], tokens_per_frame=tokens_per_frame,
+                               overlap_frames=overlap_frames, dtype=k.dtype)
+  step = lambda carry, chunk: recurrent_chunk_step(carry, *chunk,
+                                                   tokens_per_frame=tokens_per_frame)
+  chunk_tokens = chunk_frames * tokens_per_frame
+  full_tokens = geometry.num_full_chunks * chunk_tokens
+  inputs = (q, k, v, phi_q, phi_k)
+  outputs = []
+  if geometry.num_full_chunks:
+    def chunk_major(x: jax.Array) -> jax.Array:
+      x = x[:, :full_tokens].reshape(b, geometry.num_full_chunks, chunk_tokens, *x.shape[2:])
+      return jnp.swapaxes(x, 0, 1)
+    state, chunk_outs = jax.lax.scan(step, state, tuple(chunk_major(x) for x in inputs))
+    outputs.append(jnp.swapaxes(chunk_outs, 0, 1).reshape(b, full_tokens, h, d))
+  if geometry.remainder_frames:
+    _, last_out = step(state, tuple(x[:, full_tokens:] for x in inputs))
+    outputs.append(last_out)
+  return jnp.concatenate(outputs, axis=1) if len(outputs) > 1 else outputs[0]
