@@ -134,6 +134,29 @@ class SelfAttention(nnx.Module):
       out = jax.lax.cond(converted, hybrid, softmax)
     return self.o(out.reshape(*x.shape[:2], -1))
 
+  def distill(self, x: jnp.ndarray, rope: rope_lib.RopeTables, geometry: Geometry,
+              converted: bool | jnp.ndarray = True) -> tuple[jnp.ndarray, dict]:
+    """Stage-1 distillation: the teacher's softmax output (which the block passes on, so the
+    residual stream stays the teacher's) and the L1 distance of the hybrid computed from the
+    same q, k, v. Gradients reach only phi: q, k, v are stop-gradient for the student branch."""
+    q, k, v, phi_inputs = self.qkv(x, rope)
+    teacher = softmax_attention(q, k, v, backend=self.softmax_backend)
+    teacher32 = jax.lax.stop_gradient(teacher.astype(jnp.float32))
+    sg = jax.lax.stop_gradient
+
+    def student_l1():
+      student = self._hybrid(sg(q), sg(k), sg(v), (sg(phi_inputs[0]), sg(phi_inputs[1])), geometry)
+      return jnp.mean(jnp.abs(student.astype(jnp.float32) - teacher32))
+
+    if converted is True:
+      l1 = student_l1()
+    elif converted is False:
+      l1 = jnp.zeros((), jnp.float32)
+    else:
+      l1 = jax.lax.cond(converted, student_l1, lambda: jnp.zeros((), jnp.float32))
+    stats = {"l1": l1, "teacher_abs": jnp.mean(jnp.abs(teacher32))}
+    return self.o(teacher.reshape(*x.shape[:2], -1)), stats
+
   def recurrent_step(self, x: jnp.ndarray, rope: rope_lib.RopeTables, geometry: Geometry,
                      state: RecurrentState) -> tuple[jnp.ndarray, RecurrentState]:
     """One chunk of the causal ReHyAt RNN; ``x`` holds the chunk's tokens only."""
@@ -212,6 +235,11 @@ class WanBlock(nnx.Module):
                geometry: Geometry, converted: bool | jnp.ndarray = False) -> jnp.ndarray:
     attend = lambda h: (self.self_attn(h, rope, geometry, converted), None)
     return self._residual(x, e0, context, attend)[0]
+
+  def distill(self, x, e0, context, rope, geometry, converted: bool | jnp.ndarray = True):
+    """(x after the block on the teacher's path, per-block distillation stats)."""
+    attend = lambda h: self.self_attn.distill(h, rope, geometry, converted)
+    return self._residual(x, e0, context, attend)
 
   def recurrent_step(self, x, e0, context, rope, geometry, state: RecurrentState):
     attend = lambda h: self.self_attn.recurrent_step(h, rope, geometry, state)
@@ -306,33 +334,52 @@ class WanDiT(nnx.Module):
     return rope_lib.rope_tables(self.cfg.head_dim, (geometry.frames, geometry.height, geometry.width),
                                 theta=self.cfg.rope_theta)
 
-  def run_blocks(self, x, e0, text, rope, geometry):
+  def run_blocks(self, x, e0, text, rope, geometry, *, distill: bool = False):
+    """All blocks; with ``distill`` returns (x, stats stacked over layers) instead of x."""
     policy = REMAT_POLICIES[self.run.remat]
     flags = self.converted
 
     def body(x, block, converted):
+      if distill:
+        return block.distill(x, e0, text, rope, geometry, converted)
       return block(x, e0, text, rope, geometry, converted)
 
+    out_axes = (nnx.Carry, 0) if distill else nnx.Carry
     if self.run.scan_layers:
-      uniform = all(flags) or not any(flags)
-      if uniform:
+      if all(flags) or not any(flags):
         scan_body = lambda x, block: body(x, block, flags[0])
         if policy is not None:
           scan_body = nnx.remat(scan_body, policy=policy, prevent_cse=False)
-        return nnx.scan(scan_body, in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)(x, self.blocks)
+        return nnx.scan(scan_body, in_axes=(nnx.Carry, 0), out_axes=out_axes)(x, self.blocks)
       if policy is not None:
         body = nnx.remat(body, policy=policy, prevent_cse=False)
-      return nnx.scan(body, in_axes=(nnx.Carry, 0, 0), out_axes=nnx.Carry)(x, self.blocks, jnp.asarray(flags))
+      return nnx.scan(body, in_axes=(nnx.Carry, 0, 0), out_axes=out_axes)(x, self.blocks, jnp.asarray(flags))
     if policy is not None:
       body = nnx.remat(body, policy=policy, static_argnums=(2,))
+    stats = []
     for block, converted in zip(self.blocks, flags):
       x = body(x, block, converted)
-    return x
+      if distill:
+        x, block_stats = x
+        stats.append(block_stats)
+    return (x, jax.tree_util.tree_map(lambda *a: jnp.stack(a), *stats)) if distill else x
 
   def __call__(self, latents: jnp.ndarray, timesteps: jnp.ndarray, context: jnp.ndarray) -> jnp.ndarray:
     x, e, e0, text, geometry = self.embed(latents, timesteps, context)
     x = self.run_blocks(x, e0, text, self._rope(geometry), geometry)
     return self.unpatchify(self.head(x, e), geometry)
+
+  def distill_forward(self, latents: jnp.ndarray, timesteps: jnp.ndarray, context: jnp.ndarray):
+    """Teacher forward that also measures every converted block's hybrid against its softmax.
+
+    Returns (the teacher's flow prediction, {"l1": [L], "teacher_abs": [L]}); "l1" is zero for
+    blocks that are not converted. One forward serves both a sampler step and a stage-1 update.
+    """
+    if self.rehyat is None:
+      raise ValueError("distill_forward needs a ReHyAt student (WanDiT(..., rehyat=RehyatConfig(...)))")
+    x, e, e0, text, geometry = self.embed(latents, timesteps, context)
+    x, stats = self.run_blocks(x, e0, text, self._rope(geometry), geometry, distill=True)
+    return self.unpatchify(self.head(x, e), geometry), stats
 
   def recurrent_forward(self, latents: jnp.ndarray, timesteps: jnp.ndarray, context: jnp.ndarray) -> jnp.ndarray:
     """The same function as ``__call__`` for an all-causal-ReHyAt model, run chunk by chunk.

@@ -145,3 +145,24 @@ def test_recurrent_forward_memory_does_not_grow_with_frames():
   # no growth beyond the size of the latents themselves (the in-place output buffer)
   assert rec32 - rec8 <= lat32 - lat8, rows
   assert par32 - par8 > 2 * (lat32 - lat8), rows  # the parallel form does grow: the test can tell
+
+
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_distill_forward_follows_the_teacher_and_measures_each_block(scan_layers):
+  tree = random_teacher_tree()
+  teacher = WanDiT(WAN_TINY, RuntimeConfig(scan_layers=scan_layers), rngs=nnx.Rngs(0))
+  load_params(teacher, tree)
+  args = inputs(4)
+  model = student(RehyatConfig(chunk_frames=1, converted_blocks=(1,), feature_map=SMALL_PHI), scan_layers, tree)
+  flow, stats = model.distill_forward(*args)
+  assert rel_err(flow, teacher(*args)) <= 1e-6  # the residual stream is the teacher's
+  l1 = np.asarray(stats["l1"])
+  assert l1.shape == (WAN_TINY.num_layers,) and l1[0] == 0 and l1[1] > 0
+  # only phi of the converted block gets a gradient, and it is the gradient of that block's L1
+  graphdef, phi, rest = nnx.split(model, PhiParam, ...)
+  loss = lambda phi: jnp.sum(nnx.merge(graphdef, phi, rest).distill_forward(*args)[1]["l1"])
+  grads = jax.grad(loss)(phi)
+  g = grads.to_pure_dict()["blocks"]
+  g = g["self_attn"] if scan_layers else {i: g[i]["self_attn"] for i in g}
+  w1 = np.asarray(g["phi_q"]["w1"]) if scan_layers else np.stack([np.asarray(g[i]["phi_q"]["w1"]) for i in g])
+  assert np.abs(w1[0]).max() == 0 and np.abs(w1[1]).max() > 0
