@@ -7,6 +7,8 @@ Names used by the model and the feature maps:
   modulation  6 * dim time projection output         patch_in   input channels of the patch embedding
   norm        norm scales, biases and modulation tables
   layers      the stacked block axis of the scanned layout
+  vocab       token vocabulary (umT5 embedding rows)  relpos_buckets  umT5 relative-position buckets
+  conv_in     input channels of a VAE conv kernel     conv_out   its output channels
   None        never sharded
 Training maps these to mesh axes with logical-axis rules (``train/``).
 """
@@ -17,7 +19,8 @@ from typing import Sequence
 
 from flax import nnx
 
-LOGICAL_AXES = ("embed", "embed_out", "heads", "mlp", "text_embed", "modulation", "patch_in", "norm", "layers")
+LOGICAL_AXES = ("embed", "embed_out", "heads", "mlp", "text_embed", "modulation", "patch_in", "norm", "layers",
+                "vocab", "relpos_buckets", "conv_in", "conv_out")
 
 
 def logical(init, axes: Sequence[str | None]):
@@ -36,7 +39,11 @@ def logical(init, axes: Sequence[str | None]):
 # FFN widths; names mapped to an axis the mesh lacks fall back to replication.
 DEFAULT_RULES: tuple[tuple[str, str | None], ...] = (
     ("embed", "fsdp"), ("heads", "tensor"), ("mlp", "tensor"), ("modulation", "tensor"), ("embed_out", None),
-    ("text_embed", None), ("patch_in", None), ("norm", None), ("layers", None))
+    ("text_embed", None), ("patch_in", None), ("norm", None), ("layers", None),
+    # umT5's embedding is already sharded along its width ("embed"); its 32-row bias tables are tiny.
+    ("vocab", None), ("relpos_buckets", None),
+    # The VAE is small (~127M parameters) and runs replicated: conv kernels' input / output channels.
+    ("conv_in", None), ("conv_out", None))
 
 
 def mesh_shardings(state, mesh, rules=DEFAULT_RULES):

@@ -345,15 +345,17 @@ class WanDiT(nnx.Module):
       return block(x, e0, text, rope, geometry, converted)
 
     out_axes = (nnx.Carry, 0) if distill else nnx.Carry
+    # Tree mode (graph=False): the stacked blocks are a plain pytree to the scan, so the model
+    # can be rebuilt with nnx.merge inside jit/grad from states passed as arguments.
     if self.run.scan_layers:
       if all(flags) or not any(flags):
         scan_body = lambda x, block: body(x, block, flags[0])
         if policy is not None:
-          scan_body = nnx.remat(scan_body, policy=policy, prevent_cse=False)
-        return nnx.scan(scan_body, in_axes=(nnx.Carry, 0), out_axes=out_axes)(x, self.blocks)
+          scan_body = nnx.remat(scan_body, policy=policy, prevent_cse=False, graph=False)
+        return nnx.scan(scan_body, in_axes=(nnx.Carry, 0), out_axes=out_axes, graph=False)(x, self.blocks)
       if policy is not None:
-        body = nnx.remat(body, policy=policy, prevent_cse=False)
-      return nnx.scan(body, in_axes=(nnx.Carry, 0, 0), out_axes=out_axes)(x, self.blocks, jnp.asarray(flags))
+        body = nnx.remat(body, policy=policy, prevent_cse=False, graph=False)
+      return nnx.scan(body, in_axes=(nnx.Carry, 0, 0), out_axes=out_axes, graph=False)(x, self.blocks, jnp.asarray(flags))
     if policy is not None:
       body = nnx.remat(body, policy=policy, static_argnums=(2,))
     stats = []

@@ -160,8 +160,8 @@ def test_distill_forward_follows_the_teacher_and_measures_each_block(scan_layers
   assert l1.shape == (WAN_TINY.num_layers,) and l1[0] == 0 and l1[1] > 0
   # only phi of the converted block gets a gradient, and it is the gradient of that block's L1
   graphdef, phi, rest = nnx.split(model, PhiParam, ...)
-  loss = lambda phi: jnp.sum(nnx.merge(graphdef, phi, rest).distill_forward(*args)[1]["l1"])
-  grads = jax.grad(loss)(phi)
+  loss = lambda phi, rest: jnp.sum(nnx.merge(graphdef, phi, rest).distill_forward(*args)[1]["l1"])
+  grads = jax.grad(loss)(phi, rest)
   g = grads.to_pure_dict()["blocks"]
   g = g["self_attn"] if scan_layers else {i: g[i]["self_attn"] for i in g}
   w1 = np.asarray(g["phi_q"]["w1"]) if scan_layers else np.stack([np.asarray(g[i]["phi_q"]["w1"]) for i in g])
