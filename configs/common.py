@@ -1,0 +1,85 @@
+"""Shared defaults of every training config; each job file overrides what its recipe fixes.
+
+Field reference (all validated in ``rehyat_jax.train.config_checks`` before anything compiles):
+  stage               'distill' (stage 1: only phi trains) | 'finetune' (stage 2: flow matching)
+  model.preset        architecture when no checkpoint is given (random teacher): tiny | t2v-1.3b | t2v-14b
+  model.checkpoint    converted teacher (tools/convert_wan_weights.py); '' = random weights from model.seed
+  model.precision     fp32 | bf16 (fp32 master weights, bf16 matmuls) | bf16_params
+  model.scan_layers, model.remat (none | full | dots | dots_no_batch), model.softmax_backend
+  rehyat.*            RehyatConfig fields (chunk/overlap in latent frames, causal, mode, converted_blocks)
+  data.source         synthetic | latents (array_record dataset) | trajectories (teacher sampling, stage 1)
+  data.latent_shape   (frames, height, width) of the latents; channels come from the model
+  optim.*             AdamW with warmup + cosine decay, clipping, gradient accumulation
+  mesh.*              data / fsdp / tensor sizes (-1: fill with the remaining devices)
+"""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.stage = "distill"
+  c.workdir = "runs/default"
+
+  c.model = ml_collections.ConfigDict()
+  c.model.preset = "tiny"
+  c.model.checkpoint = ""
+  c.model.seed = 0
+  c.model.phi_checkpoint = ""          # stage 2: phi exported by stage 1 (train/checkpointing.export_phi)
+  c.model.precision = "fp32"
+  c.model.scan_layers = True
+  c.model.remat = "none"
+  c.model.softmax_backend = "auto"
+
+  c.rehyat = ml_collections.ConfigDict()
+  c.rehyat.chunk_frames = 3
+  c.rehyat.overlap_frames = 1
+  c.rehyat.causal = True
+  c.rehyat.mode = "parallel"
+  c.rehyat.phi_input = "post_rope"
+  c.rehyat.converted_blocks = "all"   # 'all', a count, or a comma-separated list of block ids
+  c.rehyat.degree = 2
+  c.rehyat.hidden = 256
+  c.rehyat.feature_dim = 128
+  c.rehyat.activation = "gelu"
+  c.rehyat.init_scale = 1e-3
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "synthetic"
+  c.data.data_dir = ""
+  c.data.split = "train"
+  c.data.latent_shape = (21, 60, 104)
+  c.data.num_examples = 64            # synthetic source size
+  c.data.seed = 0
+  c.data.worker_count = 0
+  c.data.shift = 5.0                  # timestep shift of sigma sampling (Wan T2V default)
+  c.data.trajectory_steps = 10        # teacher sampler steps per trajectory (source='trajectories')
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.learning_rate = 1e-4
+  c.optim.warmup_steps = 100
+  c.optim.end_learning_rate_factor = 0.1
+  c.optim.weight_decay = 0.0
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.clip_norm = 1.0
+  c.optim.grad_accum_steps = 1
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 1000
+  c.train.global_batch_size = 8
+  c.train.seed = 0
+  c.train.log_every = 10
+  c.train.checkpoint_every = 200
+  c.train.keep_checkpoints = 3
+  c.train.trainable = "phi"           # stage 2: 'all' | 'phi' | a regex over parameter paths
+  c.train.ema_decay = 0.0             # stage 2: 0 disables EMA
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+  c.mesh.coordinator_address = ""      # multi-process GPU/CPU; TPU pods need none
+  c.mesh.num_processes = 1
+  c.mesh.process_id = 0
+  return c

@@ -1,0 +1,61 @@
+"""Device mesh from config (data, fsdp, tensor axes) for any device count, single- or multi-process."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import numpy as np
+from jax.experimental import mesh_utils
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+
+def initialize_distributed(mesh_cfg) -> None:
+  """``jax.distributed.initialize`` when the config (or a TPU pod) asks for several processes."""
+  if mesh_cfg.num_processes > 1:
+    jax.distributed.initialize(coordinator_address=mesh_cfg.coordinator_address or None,
+                               num_processes=mesh_cfg.num_processes, process_id=mesh_cfg.process_id)
+  elif jax.default_backend() == "tpu" and "TPU_WORKER_HOSTNAMES" in __import__("os").environ:
+    jax.distributed.initialize()
+
+
+def resolve_mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
+  """Sizes of (data, fsdp, tensor); one -1 is filled with the remaining devices."""
+  sizes = [int(mesh_cfg.data), int(mesh_cfg.fsdp), int(mesh_cfg.tensor)]
+  if sizes.count(-1) > 1:
+    raise ValueError(f"mesh: at most one of mesh.data/fsdp/tensor may be -1, got {sizes}")
+  for name, size in zip(MESH_AXES, sizes):
+    if size == 0 or size < -1:
+      raise ValueError(f"mesh.{name} must be a positive size or -1, got {size}")
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if num_devices % known:
+      raise ValueError(f"mesh: {num_devices} devices are not divisible by the fixed axes "
+                       f"{dict(zip(MESH_AXES, sizes))}")
+    sizes[sizes.index(-1)] = num_devices // known
+  if math.prod(sizes) != num_devices:
+    raise ValueError(f"mesh: data*fsdp*tensor = {math.prod(sizes)} but there are {num_devices} devices "
+                     f"(mesh.data={sizes[0]}, mesh.fsdp={sizes[1]}, mesh.tensor={sizes[2]})")
+  return tuple(sizes)
+
+
+def make_mesh(mesh_cfg, devices=None) -> Mesh:
+  devices = jax.devices() if devices is None else devices
+  shape = resolve_mesh_shape(mesh_cfg, len(devices))
+  if jax.process_count() > 1:
+    grid = mesh_utils.create_device_mesh(shape, devices=devices)
+  else:
+    grid = np.asarray(devices).reshape(shape)
+  # Auto axes: the model is annotated (GSPMD style), not written with explicit shardings.
+  return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
