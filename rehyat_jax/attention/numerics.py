@@ -14,7 +14,7 @@ We use
 linear branch may cancel at most 99 % of the local softmax mass: den >= 0.01 n_S >= 0.01 > 0
 always, and den is exactly n_S + phi_q . z_L whenever phi_q . z_L > -0.99 n_S (every ordinary
 value; an untrained student has phi_q . z_L ~ 0). On the floored side the gradient w.r.t.
-phi_q . z_L is zero and 0.01 of it flows into n_S instead.
+phi_q . z_L is zero and n_S gets DENOMINATOR_FLOOR times the denominator's gradient.
 
 **Decision — feature clamp.** Finite but huge phi (say 1e30) would overflow the float32 sums
 phi_k v^T and phi_q . KV_L to Inf (and Inf - Inf to NaN). phi entries are clamped to

@@ -24,7 +24,7 @@ from rehyat_jax.attention.numerics import clamp_features, joint_normalise, matmu
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
-def _pad_frames(x: jax.Array, geometry: ChunkGeometry) -> jax.Array:
+def pad_to_chunks(x: jax.Array, geometry: ChunkGeometry) -> jax.Array:
   """[B, N, H, d] -> [B, chunks, Tc*HW, H, d], zero frames appended to fill the last chunk."""
   extra = (geometry.padded_frames - geometry.num_frames) * geometry.tokens_per_frame
   x = jnp.pad(x, ((0, 0), (0, extra), (0, 0), (0, 0)))
@@ -89,8 +89,9 @@ def parallel_hybrid_attention(q: jax.Array, k: jax.Array, v: jax.Array, phi_q: j
   """ReHyAt hybrid attention, chunk-parallel form. Same contract as the reference form.
 
   ``chunks_per_step``: when set, the window softmax runs through ``lax.map`` over groups of
-  that many chunks, bounding score memory to one group (useful for long videos in training);
-  None processes all chunks at once.
+  that many chunks and is recomputed group by group in the backward pass (``jax.checkpoint``,
+  flash-attention style), so score memory is one group's in training as well as inference;
+  None processes all chunks at once and keeps their scores for the backward pass.
   """
   geometry = validate_hybrid_inputs(q, k, v, phi_q, phi_k, tokens_per_frame=tokens_per_frame,
                                     chunk_frames=chunk_frames, overlap_frames=overlap_frames)
@@ -100,9 +101,9 @@ def parallel_hybrid_attention(q: jax.Array, k: jax.Array, v: jax.Array, phi_q: j
   phi_q = clamp_features(phi_q)
   phi_k = clamp_features(phi_k)
 
-  q_chunks = _pad_frames(q, geometry)
-  k_windows = chunk_windows(_pad_frames(k, geometry), geometry)
-  v_windows = chunk_windows(_pad_frames(v, geometry), geometry)
+  q_chunks = pad_to_chunks(q, geometry)
+  k_windows = chunk_windows(pad_to_chunks(k, geometry), geometry)
+  v_windows = chunk_windows(pad_to_chunks(v, geometry), geometry)
   key_valid = jnp.asarray(np.repeat(geometry.window_valid(), tokens_per_frame, axis=1))
   if chunks_per_step is None:
     a_s, n_s = window_softmax(q_chunks, k_windows, v_windows, key_valid)
@@ -110,7 +111,7 @@ def parallel_hybrid_attention(q: jax.Array, k: jax.Array, v: jax.Array, phi_q: j
     a_s, n_s = _mapped_window_softmax(q_chunks, k_windows, v_windows, key_valid, chunks_per_step)
 
   kv_l, z_l = linear_states(phi_k, v, geometry, causal)
-  phi_q_chunks = _pad_frames(phi_q, geometry).astype(jnp.float32)
+  phi_q_chunks = pad_to_chunks(phi_q, geometry).astype(jnp.float32)
   lin_num = jnp.einsum("bcqhp,bchpd->bcqhd", phi_q_chunks, kv_l, precision=_HIGHEST)
   lin_den = jnp.einsum("bcqhp,bchp->bcqh", phi_q_chunks, z_l, precision=_HIGHEST)
 
@@ -118,10 +119,12 @@ def parallel_hybrid_attention(q: jax.Array, k: jax.Array, v: jax.Array, phi_q: j
   return out.reshape(b, geometry.padded_frames * tokens_per_frame, h, d)[:, :n].astype(q.dtype)
 
 
-def _mapped_window_softmax(q_chunks, k_windows, v_windows, key_valid,
+def _mapped_window_softmax(q_chunks: jax.Array, k_windows: jax.Array, v_windows: jax.Array,
+                           key_valid: jax.Array,
                            chunks_per_step: int) -> tuple[jax.Array, jax.Array]:
   """window_softmax one chunk at a time, vectorised over ``chunks_per_step`` chunks."""
-  def one_chunk(args):
+  @jax.checkpoint
+  def one_chunk(args: tuple[jax.Array, ...]) -> tuple[jax.Array, jax.Array]:
     q_c, k_c, v_c, valid_c = args
     a_s, n_s = window_softmax(q_c[:, None], k_c[:, None], v_c[:, None], valid_c[None])
     return a_s[:, 0], n_s[:, 0]

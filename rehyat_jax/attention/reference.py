@@ -2,7 +2,9 @@
 
 Materialises the N x N scores and the two boolean masks S (softmax set) and L (linear set) of
 method.md §1, then applies §2 literally. O(N^2) memory: for tests and small sizes only.
-Everything is computed in float32 whatever the input dtype.
+Everything is computed in float32 whatever the input dtype; the feature clamp and the
+denominator guard are the shared ones of numerics.py, so the guarded regime is part of the
+function every form computes.
 """
 
 from __future__ import annotations

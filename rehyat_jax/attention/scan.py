@@ -128,9 +128,14 @@ def recurrent_chunk_step(state: RecurrentState, q: jax.Array, k: jax.Array, v: j
 
 def scan_hybrid_attention(q: jax.Array, k: jax.Array, v: jax.Array, phi_q: jax.Array,
                           phi_k: jax.Array, *, tokens_per_frame: int, chunk_frames: int,
-                          overlap_frames: int) -> jax.Array:
+                          overlap_frames: int, remat: bool = False) -> jax.Array:
   """Causal ReHyAt as an RNN over chunks: lax.scan over the full chunks, then one more step
-  for a shorter last chunk. Same contract as the reference form with causal=True."""
+  for a shorter last chunk. Same contract as the reference form with causal=True.
+
+  ``remat``: recompute each chunk's softmax in the backward pass (``jax.checkpoint`` on the
+  step), so training memory stays one chunk's whatever the length; off, the scan keeps every
+  chunk's probabilities for the backward pass (faster, memory grows with the length).
+  """
   geometry = validate_hybrid_inputs(q, k, v, phi_q, phi_k, tokens_per_frame=tokens_per_frame,
                                     chunk_frames=chunk_frames, overlap_frames=overlap_frames)
   b, _, h, d = q.shape
@@ -138,6 +143,8 @@ def scan_hybrid_attention(q: jax.Array, k: jax.Array, v: jax.Array, phi_q: jax.A
                                overlap_frames=overlap_frames, dtype=k.dtype)
   step = lambda carry, chunk: recurrent_chunk_step(carry, *chunk,
                                                    tokens_per_frame=tokens_per_frame)
+  if remat:
+    step = jax.checkpoint(step)
   chunk_tokens = chunk_frames * tokens_per_frame
   full_tokens = geometry.num_full_chunks * chunk_tokens
   inputs = (q, k, v, phi_q, phi_k)

@@ -144,17 +144,20 @@ class SelfAttention(nnx.Module):
     teacher32 = jax.lax.stop_gradient(teacher.astype(jnp.float32))
     sg = jax.lax.stop_gradient
 
+    per_sample = lambda t: jnp.mean(t, axis=(1, 2, 3))  # [B]: per-sample stats allow timestep buckets
+
     def student_l1():
       student = self._hybrid(sg(q), sg(k), sg(v), (sg(phi_inputs[0]), sg(phi_inputs[1])), geometry)
-      return jnp.mean(jnp.abs(student.astype(jnp.float32) - teacher32))
+      return per_sample(jnp.abs(student.astype(jnp.float32) - teacher32))
 
+    zeros = lambda: jnp.zeros((x.shape[0],), jnp.float32)
     if converted is True:
       l1 = student_l1()
     elif converted is False:
-      l1 = jnp.zeros((), jnp.float32)
+      l1 = zeros()
     else:
-      l1 = jax.lax.cond(converted, student_l1, lambda: jnp.zeros((), jnp.float32))
-    stats = {"l1": l1, "teacher_abs": jnp.mean(jnp.abs(teacher32))}
+      l1 = jax.lax.cond(converted, student_l1, zeros)
+    stats = {"l1": l1, "teacher_abs": per_sample(jnp.abs(teacher32))}
     return self.o(teacher.reshape(*x.shape[:2], -1)), stats
 
   def recurrent_step(self, x: jnp.ndarray, rope: rope_lib.RopeTables, geometry: Geometry,
@@ -374,8 +377,8 @@ class WanDiT(nnx.Module):
   def distill_forward(self, latents: jnp.ndarray, timesteps: jnp.ndarray, context: jnp.ndarray):
     """Teacher forward that also measures every converted block's hybrid against its softmax.
 
-    Returns (the teacher's flow prediction, {"l1": [L], "teacher_abs": [L]}); "l1" is zero for
-    blocks that are not converted. One forward serves both a sampler step and a stage-1 update.
+    Returns (the teacher's flow prediction, {"l1": [L, B], "teacher_abs": [L, B]}), per block and
+    sample: mean |softmax - hybrid| and mean |softmax|; "l1" is zero for blocks not converted. One forward serves both a sampler step and a stage-1 update.
     """
     if self.rehyat is None:
       raise ValueError("distill_forward needs a ReHyAt student (WanDiT(..., rehyat=RehyatConfig(...)))")

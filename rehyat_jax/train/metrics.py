@@ -1,0 +1,113 @@
+"""Run observability: one progress line per interval, a JSONL log, TensorBoard event files, and the
+end-of-stage-1 per-block error table and plot."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+# Dense bf16 peak per chip (vendor datasheets) for the model-FLOP-utilisation estimate.
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12, "TPU v5 lite": 197e12,
+              "TPU v5p": 459e12, "TPU v6 lite": 918e12}
+TIMESTEP_BUCKETS = (0, 250, 500, 750, 1001)
+
+
+def peak_flops(device_kind: str) -> float | None:
+  for name, flops in PEAK_FLOPS.items():
+    if name.lower() in device_kind.lower():
+      return flops
+  return None
+
+
+def bucket_means(values: np.ndarray, timesteps: np.ndarray) -> dict[str, float]:
+  """Mean of per-sample ``values`` in each timestep bucket that has samples."""
+  out = {}
+  for lo, hi in zip(TIMESTEP_BUCKETS[:-1], TIMESTEP_BUCKETS[1:]):
+    sel = (timesteps >= lo) & (timesteps < hi)
+    if sel.any():
+      out[f"t{lo}-{hi - 1}"] = float(values[sel].mean())
+  return out
+
+
+class RunLogger:
+  def __init__(self, workdir: Path, *, total_steps: int, tokens_per_step: int, num_devices: int, device_kind: str,
+               enabled: bool = True):
+    self.workdir, self.total_steps, self.tokens_per_step = workdir, total_steps, tokens_per_step
+    self.num_devices, self.peak = num_devices, peak_flops(device_kind)
+    self.flops_per_step = None
+    self.enabled = enabled
+    self.start = self.last_time = time.perf_counter()
+    self.last_step = None
+    self.device_seconds = 0.0
+    self.jsonl = None
+    self.tb = None
+    if enabled:
+      workdir.mkdir(parents=True, exist_ok=True)
+      self.jsonl = open(workdir / "metrics.jsonl", "a")
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self.tb = SummaryWriter(str(workdir / "tensorboard"))
+
+  def log(self, step: int, scalars: dict[str, float]) -> str:
+    now = time.perf_counter()
+    if self.last_step is None:
+      self.last_step, self.last_time = step - 1, self.start
+    steps = max(step - self.last_step, 1)
+    dt = max(now - self.last_time, 1e-9)
+    self.device_seconds += dt * self.num_devices
+    steps_per_s = steps / dt
+    scalars = dict(scalars, steps_per_s=steps_per_s, tokens_per_s=steps_per_s * self.tokens_per_step,
+                   device_hours=self.device_seconds / 3600)
+    mfu = ""
+    if self.flops_per_step and self.peak:
+      scalars["mfu"] = steps_per_s * self.flops_per_step / (self.peak * self.num_devices)
+      mfu = f" MFU {scalars['mfu']:.1%}"
+    eta = (self.total_steps - step) / steps_per_s
+    line = (f"step {step}/{self.total_steps} loss {scalars['loss']:.5f} {steps_per_s:.2f} steps/s "
+            f"{scalars['tokens_per_s']:.0f} tok/s{mfu} ETA {eta / 60:.1f} min "
+            f"device-h {scalars['device_hours']:.4f}")
+    self.last_step, self.last_time = step, now
+    if self.enabled:
+      print(line, flush=True)
+      self.jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+      self.jsonl.flush()
+      for name, value in scalars.items():
+        self.tb.add_scalar(name, value, step)
+    return line
+
+  def close(self) -> None:
+    if self.enabled:
+      self.jsonl.close()
+      self.tb.close()
+
+
+def block_error_report(workdir: Path, relative_error: np.ndarray, baseline_error: np.ndarray,
+                       converted: tuple[bool, ...]) -> str:
+  """Table + PNG of per-block relative attention error (|softmax - hybrid| / |softmax|) for the
+  trained phi and for phi == 0; also writes per_block_error.json for tools/rank_blocks.py."""
+  rows = ["| block | converted | rel. error (trained phi) | rel. error (phi = 0) | ratio |", "|---|---|---|---|---|"]
+  for i, (err, base, conv) in enumerate(zip(relative_error, baseline_error, converted)):
+    ratio = err / base if conv and base > 0 else float("nan")
+    rows.append(f"| {i} | {'yes' if conv else 'no'} | {err:.4f} | {base:.4f} | {ratio:.3f} |")
+  table = "\n".join(rows)
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / "per_block_error.md").write_text(table + "\n")
+  (workdir / "per_block_error.json").write_text(json.dumps(
+      {"relative_error": [float(x) for x in relative_error], "baseline_error": [float(x) for x in baseline_error],
+       "converted": list(converted)}, indent=1))
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(8, 3.5))
+  idx = np.arange(len(relative_error))
+  ax.bar(idx - 0.2, baseline_error, 0.4, label="phi = 0 (chunk-local softmax)")
+  ax.bar(idx + 0.2, relative_error, 0.4, label="distilled phi")
+  ax.set_xlabel("block")
+  ax.set_ylabel("|softmax - hybrid| / |softmax|")
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(workdir / "per_block_error.png", dpi=100)
+  plt.close(fig)
+  return table

@@ -1,0 +1,340 @@
+"""Benchmark one attention layer: full softmax vs ReHyAt (parallel, scan) and ReHyAt's two parts.
+
+Rows (method.md §6 has the H200 reference points):
+  full_softmax        jax.nn.dot_product_attention: cuDNN flash on GPU in bf16/fp16, XLA elsewhere
+  rehyat_parallel     hybrid_attention(mode='parallel')
+  rehyat_scan         hybrid_attention(mode='scan')
+  chunk_softmax       softmax inside each chunk window only (parallel form, phi term removed)
+  chunk_softmax_cudnn the same window softmax as one cuDNN call per chunk (GPU, bf16/fp16 only)
+  linear_term         the phi term only: per-frame phi_k v^T sums, prefix mix, phi_q . KV_L / z_L
+
+Default sizes are Wan2.1-1.3B's: 12 heads x 128, 1560 tokens per latent frame, D'=256, Tc=3,
+To=1, causal, 21/42/84 latent frames, bf16. Times are the median of --reps runs after a
+warm-up; memory is XLA's temp allocation from ``compiled.memory_analysis()`` and, on GPU, the
+device's ``peak_bytes_in_use``. On GPU every (row, frames) case runs in a fresh subprocess
+(--isolate), so the device peak belongs to that case alone and an OOM only loses that case.
+
+  python tools/bench_attention.py                 # H200: the Wan2.1 sizes
+  python tools/bench_attention.py --tiny          # CPU smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from rehyat_jax.attention.chunking import make_geometry  # noqa: E402
+from rehyat_jax.attention.hybrid import hybrid_attention  # noqa: E402
+from rehyat_jax.attention.numerics import joint_normalise  # noqa: E402
+from rehyat_jax.attention.parallel import (chunk_windows, linear_states, pad_to_chunks,  # noqa: E402
+                                           parallel_hybrid_attention, window_softmax)
+from rehyat_jax.attention.scan import scan_hybrid_attention  # noqa: E402
+
+METHODS = ("full_softmax", "rehyat_parallel", "rehyat_scan", "chunk_softmax",
+           "chunk_softmax_cudnn", "linear_term")
+MIB = 2 ** 20
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """Sizes and options of one benchmark run (everything except the number of frames)."""
+
+  batch: int
+  heads: int
+  head_dim: int
+  tokens_per_frame: int
+  phi_dim: int
+  chunk_frames: int
+  overlap_frames: int
+  dtype: str
+  phi_dtype: str
+  reps: int
+  backward: bool
+  chunks_per_step: int | None
+  scan_remat: bool
+
+  @property
+  def chunking(self) -> dict[str, int]:
+    return dict(tokens_per_frame=self.tokens_per_frame, chunk_frames=self.chunk_frames,
+                overlap_frames=self.overlap_frames)
+
+
+def cudnn_usable(setup: Setup) -> bool:
+  return jax.default_backend() == "gpu" and setup.dtype in ("bfloat16", "float16")
+
+
+def make_inputs(setup: Setup, frames: int) -> dict[str, jax.Array]:
+  n = frames * setup.tokens_per_frame
+  qkv_shape = (setup.batch, n, setup.heads, setup.head_dim)
+  phi_shape = (setup.batch, n, setup.heads, setup.phi_dim)
+  keys = jax.random.split(jax.random.key(0), 5)
+  normal = lambda key, shape, dtype, scale=1.0: (scale * jax.random.normal(key, shape)).astype(dtype)
+  return dict(
+      q=normal(keys[0], qkv_shape, setup.dtype), k=normal(keys[1], qkv_shape, setup.dtype),
+      v=normal(keys[2], qkv_shape, setup.dtype),
+      # Small features, as an (untrained-scale) feature map would give: keeps den well away
+      # from its guard without changing the work done.
+      phi_q=normal(keys[3], phi_shape, setup.phi_dtype, 1e-2),
+      phi_k=normal(keys[4], phi_shape, setup.phi_dtype, 1e-2))
+
+
+def chunk_softmax(q, k, v, *, setup: Setup) -> jax.Array:
+  """The softmax-in-window part of the parallel form alone (a_S / n_S)."""
+  geometry = make_geometry(q.shape[1], **setup.chunking)
+  key_valid = jnp.asarray(np.repeat(geometry.window_valid(), setup.tokens_per_frame, axis=1))
+  k_windows = chunk_windows(pad_to_chunks(k, geometry), geometry)
+  v_windows = chunk_windows(pad_to_chunks(v, geometry), geometry)
+  a_s, n_s = window_softmax(pad_to_chunks(q, geometry), k_windows, v_windows, key_valid)
+  out = (a_s / n_s[..., None]).reshape(q.shape[0], -1, *q.shape[2:])
+  return out[:, :q.shape[1]].astype(q.dtype)
+
+
+def chunk_softmax_cudnn(q, k, v, *, setup: Setup) -> jax.Array:
+  """Window softmax as one cuDNN call per chunk. Keys are ordered [chunk ; overlap] so that the
+  missing overlap of chunk 0 is a key-length cut (softmax does not care about key order). Exact
+  when Tc divides F (a shorter last chunk's padding is attended here: timing only)."""
+  geometry = make_geometry(q.shape[1], **setup.chunking)
+  chunks = lambda x: pad_to_chunks(x, geometry)
+  hw, tc = setup.tokens_per_frame, setup.chunk_frames
+  overlap = geometry.overlap_frames * hw
+  reorder = lambda w: jnp.concatenate([w[:, :, overlap:], w[:, :, :overlap]], axis=2)
+  k_windows = reorder(chunk_windows(chunks(k), geometry))
+  v_windows = reorder(chunk_windows(chunks(v), geometry))
+  valid_overlap = geometry.window_valid()[:, :geometry.overlap_frames].sum(axis=1) * hw
+  kv_lengths = np.tile(tc * hw + valid_overlap, q.shape[0]).astype(np.int32)
+  flat = lambda x: x.reshape(-1, *x.shape[2:])
+  out = jax.nn.dot_product_attention(flat(chunks(q)), flat(k_windows), flat(v_windows),
+                                     key_value_seq_lengths=jnp.asarray(kv_lengths),
+                                     implementation="cudnn")
+  return out.reshape(q.shape[0], -1, *q.shape[2:])[:, :q.shape[1]]
+
+
+def linear_term(v, phi_q, phi_k, *, setup: Setup) -> jax.Array:
+  """The phi term alone: KV_L / z_L per chunk, phi_q . KV_L, phi_q . z_L, joint division."""
+  geometry = make_geometry(v.shape[1], **setup.chunking)
+  kv_l, z_l = linear_states(phi_k, v, geometry, causal=True)
+  phi_q_chunks = pad_to_chunks(phi_q, geometry).astype(jnp.float32)
+  highest = jax.lax.Precision.HIGHEST
+  lin_num = jnp.einsum("bcqhp,bchpd->bcqhd", phi_q_chunks, kv_l, precision=highest)
+  lin_den = jnp.einsum("bcqhp,bchp->bcqh", phi_q_chunks, z_l, precision=highest)
+  ones = jnp.ones_like(lin_den)  # stands in for n_S, so the division is the real one
+  out = joint_normalise(jnp.zeros_like(lin_num), ones, lin_num, lin_den)
+  return out.reshape(v.shape[0], -1, *v.shape[2:])[:, :v.shape[1]].astype(v.dtype)
+
+
+def method(name: str, setup: Setup) -> tuple[Callable[..., jax.Array], tuple[str, ...]]:
+  """The function of one benchmark row and the names of the inputs it takes."""
+  qkv, qkv_phi = ("q", "k", "v"), ("q", "k", "v", "phi_q", "phi_k")
+  if name == "full_softmax":
+    implementation = "cudnn" if cudnn_usable(setup) else "xla"
+    return functools.partial(jax.nn.dot_product_attention, implementation=implementation), qkv
+  if name in ("rehyat_parallel", "rehyat_scan"):
+    mode = name.split("_")[1]
+    if mode == "parallel" and setup.chunks_per_step:
+      return functools.partial(parallel_hybrid_attention, causal=True,
+                               chunks_per_step=setup.chunks_per_step, **setup.chunking), qkv_phi
+    if mode == "scan" and setup.scan_remat:
+      return functools.partial(scan_hybrid_attention, remat=True, **setup.chunking), qkv_phi
+    return functools.partial(hybrid_attention, causal=True, mode=mode, **setup.chunking), qkv_phi
+  if name == "chunk_softmax":
+    return functools.partial(chunk_softmax, setup=setup), qkv
+  if name == "chunk_softmax_cudnn":
+    return functools.partial(chunk_softmax_cudnn, setup=setup), qkv
+  if name == "linear_term":
+    return functools.partial(linear_term, setup=setup), ("v", "phi_q", "phi_k")
+  raise ValueError(f"unknown method {name!r}; choose from {METHODS}")
+
+
+def _median_ms(fn: Callable, args: tuple, reps: int) -> float:
+  jax.block_until_ready(fn(*args))  # warm-up
+  times = []
+  for _ in range(reps):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append((time.perf_counter() - start) * 1e3)
+  return statistics.median(times)
+
+
+def _device_peak_mib() -> float | None:
+  stats = jax.devices()[0].memory_stats() or {}
+  peak = stats.get("peak_bytes_in_use")
+  return None if peak is None else peak / MIB
+
+
+def measure(name: str, setup: Setup, frames: int) -> dict:
+  """Times and memory of one row at one length; 'error' set instead when it cannot run."""
+  if name == "chunk_softmax_cudnn" and not cudnn_usable(setup):
+    return dict(error="needs GPU + bf16/fp16")
+  fn, arg_names = method(name, setup)
+  inputs = make_inputs(setup, frames)
+  args = tuple(inputs[a] for a in arg_names)
+  result: dict = {}
+  try:
+    forward = jax.jit(fn).lower(*args).compile()
+    result["fwd_temp_mib"] = forward.memory_analysis().temp_size_in_bytes / MIB
+    result["fwd_ms"] = _median_ms(forward, args, setup.reps)
+    result["fwd_peak_mib"] = _device_peak_mib()
+    if setup.backward:
+      loss = lambda *a: jnp.sum(fn(*a).astype(jnp.float32))
+      grad = jax.jit(jax.grad(loss, argnums=tuple(range(len(args))))).lower(*args).compile()
+      result["bwd_temp_mib"] = grad.memory_analysis().temp_size_in_bytes / MIB
+      result["fwdbwd_ms"] = _median_ms(grad, args, setup.reps)
+      result["fwdbwd_peak_mib"] = _device_peak_mib()
+  except Exception as e:  # noqa: BLE001 - an OOM or a missing backend ends only this row
+    result["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+  return result
+
+
+def measure_isolated(name: str, frames: int, argv: list[str]) -> dict:
+  """measure() in a fresh process: its own device peak, and an OOM cannot take the run down."""
+  cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--only", name,
+         "--frames", str(frames), "--emit-json", "--no-isolate"]
+  proc = subprocess.run(cmd, capture_output=True, text=True)
+  for line in reversed(proc.stdout.splitlines()):
+    if line.startswith("{"):
+      return json.loads(line)
+  tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+  return dict(error=f"subprocess rc={proc.returncode}: {tail[0][:120]}")
+
+
+def _fmt(x: float | None, digits: int = 2) -> str:
+  return "-" if x is None else f"{x:.{digits}f}"
+
+
+def markdown_table(results: dict[str, dict[int, dict]], frames_list: list[int],
+                   setup: Setup) -> str:
+  lines = ["| method | frames | tokens | fwd ms | fwd / full | fwd+bwd ms | fwd+bwd / full "
+           "| temp MiB fwd | temp MiB fwd+bwd | device peak MiB fwd | device peak MiB fwd+bwd |",
+           "|" + " --- |" * 11]
+  for frames in frames_list:
+    full = results.get("full_softmax", {}).get(frames, {})
+    for name, per_frames in results.items():
+      r = per_frames[frames]
+      tokens = frames * setup.tokens_per_frame
+      if "error" in r and "fwd_ms" not in r:
+        lines.append(f"| {name} | {frames} | {tokens} | {r['error']} |" + " |" * 7)
+        continue
+      ratio = lambda key: (_fmt(r[key] / full[key]) + "x"
+                           if full.get(key) and r.get(key) is not None else "-")
+      lines.append(
+          f"| {name} | {frames} | {tokens} | {_fmt(r.get('fwd_ms'))} | {ratio('fwd_ms')} "
+          f"| {_fmt(r.get('fwdbwd_ms'))} | {ratio('fwdbwd_ms')} | {_fmt(r.get('fwd_temp_mib'), 1)} "
+          f"| {_fmt(r.get('bwd_temp_mib'), 1)} | {_fmt(r.get('fwd_peak_mib'), 0)} "
+          f"| {_fmt(r.get('fwdbwd_peak_mib'), 0)} |")
+  return "\n".join(lines)
+
+
+def plot(results: dict[str, dict[int, dict]], frames_list: list[int], path: Path) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+  panels = (("fwd_ms", "fwdbwd_ms", "time (ms)"), ("fwd_temp_mib", "bwd_temp_mib", "XLA temp (MiB)"))
+  colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  for ax, (fwd_key, bwd_key, label) in zip(axes, panels):
+    for index, (name, per_frames) in enumerate(results.items()):
+      for key, style in ((fwd_key, "-o"), (bwd_key, "--x")):
+        xs = [f for f in frames_list if per_frames[f].get(key) is not None]
+        if xs:
+          suffix = "" if key == fwd_key else " (fwd+bwd)"
+          ax.plot(xs, [per_frames[f][key] for f in xs], style, label=name + suffix,
+                  color=colors[index % len(colors)])
+    ax.set_xlabel("latent frames")
+    ax.set_ylabel(label)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+  axes[0].legend(fontsize=7)
+  fig.suptitle("attention layer: full softmax vs ReHyAt")
+  fig.tight_layout()
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=120)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--frames", type=int, nargs="+", default=None, help="latent frame counts")
+  p.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"])
+  p.add_argument("--phi-dtype", default="float32", choices=["bfloat16", "float16", "float32"],
+                 help="dtype of phi_q / phi_k (FeatureMap outputs float32)")
+  p.add_argument("--batch", type=int, default=1)
+  p.add_argument("--heads", type=int, default=None)
+  p.add_argument("--head-dim", type=int, default=None)
+  p.add_argument("--tokens-per-frame", type=int, default=None)
+  p.add_argument("--phi-dim", type=int, default=None)
+  p.add_argument("--chunk-frames", type=int, default=3)
+  p.add_argument("--overlap-frames", type=int, default=1)
+  p.add_argument("--chunks-per-step", type=int, default=None,
+                 help="parallel form: window softmax over this many chunks at a time, "
+                      "recomputed in the backward pass")
+  p.add_argument("--scan-remat", action="store_true",
+                 help="scan form: recompute each chunk in the backward pass")
+  p.add_argument("--reps", type=int, default=None)
+  p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+  p.add_argument("--no-backward", dest="backward", action="store_false")
+  p.add_argument("--tiny", action="store_true", help="small sizes for a CPU smoke run")
+  p.add_argument("--plot", type=Path, default=Path("out/bench_attention.png"))
+  p.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=None,
+                 help="one subprocess per case (default: on GPU)")
+  p.add_argument("--only", default=None, help=argparse.SUPPRESS)
+  p.add_argument("--emit-json", action="store_true", help=argparse.SUPPRESS)
+  return p.parse_args(argv)
+
+
+def make_setup(args: argparse.Namespace) -> tuple[Setup, list[int]]:
+  tiny = dict(heads=2, head_dim=32, tokens_per_frame=16, phi_dim=16, dtype="float32", reps=3,
+              frames=[4, 8, 16])
+  wan = dict(heads=12, head_dim=128, tokens_per_frame=1560, phi_dim=256, dtype="bfloat16",
+             reps=10, frames=[21, 42, 84])
+  base = tiny if args.tiny else wan
+  pick = lambda key: base[key] if getattr(args, key) is None else getattr(args, key)
+  setup = Setup(batch=args.batch, heads=pick("heads"), head_dim=pick("head_dim"),
+                tokens_per_frame=pick("tokens_per_frame"), phi_dim=pick("phi_dim"),
+                chunk_frames=args.chunk_frames, overlap_frames=args.overlap_frames,
+                dtype=pick("dtype"), phi_dtype=args.phi_dtype, reps=pick("reps"),
+                backward=args.backward, chunks_per_step=args.chunks_per_step,
+                scan_remat=args.scan_remat)
+  return setup, pick("frames")
+
+
+def main(argv: list[str]) -> None:
+  args = parse_args(argv)
+  setup, frames_list = make_setup(args)
+  if args.emit_json:  # child of an isolated run: one case, one JSON line
+    print(json.dumps(measure(args.only, setup, frames_list[0])))
+    return
+  isolate = jax.default_backend() == "gpu" if args.isolate is None else args.isolate
+  device = jax.devices()[0]
+  print(f"jax {jax.__version__}, backend {jax.default_backend()}, device {device.device_kind}, "
+        f"{'isolated subprocesses' if isolate else 'in-process'}")
+  print(f"setup: {dataclasses.asdict(setup)}, frames {frames_list}")
+  methods = [m for m in args.methods if m != "chunk_softmax_cudnn" or cudnn_usable(setup)]
+  results: dict[str, dict[int, dict]] = {m: {} for m in methods}
+  for frames in frames_list:
+    for name in methods:
+      r = measure_isolated(name, frames, argv) if isolate else measure(name, setup, frames)
+      results[name][frames] = r
+      print(f"  {name:20s} frames={frames:4d} {json.dumps(r)}", flush=True)
+  print()
+  print(markdown_table(results, frames_list, setup))
+  plot(results, frames_list, args.plot)
+  print(f"\nplot: {args.plot}")
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])
