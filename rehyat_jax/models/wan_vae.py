@@ -13,6 +13,11 @@ a ``jax.lax.scan`` over the remaining chunks, with memory independent of the vid
 output. The first chunk differs from the rest only in the temporal resamplers: the first frame is neither
 duplicated (decoder) nor merged with later ones (encoder), which is what makes T = 1 + 4k.
 
+API: ``encode`` (normalised latents) / ``encode_moments`` (raw posterior mean and log-variance); ``decode``
+(whole video, scanned); ``decode_step(cache, latent_frame)`` (one latent frame, starting from ``cache=None``)
+and ``decode_stream`` (a generator of frame groups over a compiled ``decode_step``, for writers);
+``normalize_latents`` / ``denormalize_latents``. Checkpoints: ``rehyat_jax.convert.wan_vae``.
+
 All methods trace cleanly; wrap them in ``jax.jit`` with the module as an argument
 (``jax.jit(lambda vae, z: vae.decode(z))``) so parameters are inputs rather than baked-in constants.
 """
@@ -449,7 +454,7 @@ class WanVAE(nnx.Module):
     _, _, t, h, w = videos.shape
     if t < 1 or (t - 1) % f_t:
       raise ValueError(f"WanVAE.encode: the frame count must be {f_t}k + 1 (1, {f_t + 1}, {2 * f_t + 1}, ...), "
-                       f"got T={t}; trim the video to {1 + (max(t, 1) - 1) // f_t * f_t} frames")
+                       f"got T={t}; e.g. keep the first {1 + (max(t, 1) - 1) // f_t * f_t}")
     if h % f_s or w % f_s:
       raise ValueError(f"WanVAE.encode: height and width must be divisible by {f_s}, got H={h}, W={w}")
 
