@@ -221,7 +221,9 @@ class UMT5Encoder(nnx.Module):
     def body(x, block):
       return block(x, buckets, key_mask)
 
-    x = nnx.scan(body, in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)(x, self.blocks)
+    # Tree mode, as the DiT: the stacked blocks are a plain pytree to the scan, so a model rebuilt with
+    # nnx.merge inside jit/grad works too.
+    x = nnx.scan(body, in_axes=(nnx.Carry, 0), out_axes=nnx.Carry, graph=False)(x, self.blocks)
     return self.final_norm(x)
 
 

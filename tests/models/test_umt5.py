@@ -129,6 +129,15 @@ def test_eager_call_and_padding_independence(tiny):
   assert rel_err(more_padding[1, :9], jitted[1, :9]) <= FP32_TOLERANCE
 
 
+def test_merge_inside_jit(tiny):
+  """The functional form (graphdef + state as jit arguments) that training and sharded inference use."""
+  encoder = load_umt5(tiny[1])
+  graphdef, state = nnx.split(encoder)
+  ids, mask = padded_batch(encoder.cfg.vocab_size, [5, 40, 17], 40, seed=40)
+  merged = jax.jit(lambda state, ids, mask: nnx.merge(graphdef, state)(ids, mask))(state, ids, mask)
+  assert rel_err(merged, forward(encoder, jnp.asarray(ids), jnp.asarray(mask))) <= 1e-6
+
+
 @pytest.mark.parametrize("precision", ["bf16", "bf16_params"])
 def test_bf16_policy(tiny, precision):
   torch_model, ckpt = tiny
