@@ -14,17 +14,18 @@ def get_config(arg: str | None = None):
   c.model.preset = "tiny"
   c.rehyat.chunk_frames = 2
   c.rehyat.overlap_frames = 1
-  c.rehyat.hidden = 16
-  c.rehyat.feature_dim = 8
+  c.rehyat.hidden = 32
+  c.rehyat.feature_dim = 16
   c.rehyat.init_scale = 0.1
-  c.data.latent_shape = (5, 4, 6)
+  # 24 tokens per latent frame: enough far tokens for a linear term to have something to model.
+  c.data.latent_shape = (9, 8, 12)
   c.data.num_examples = 32
   c.data.trajectory_steps = 4
-  c.optim.learning_rate = 3e-3
-  c.optim.warmup_steps = 5
-  c.train.steps = 40
+  c.optim.learning_rate = 1e-2 if c.stage == "distill" else 1e-4
+  c.optim.warmup_steps = 10
+  c.train.steps = 300 if c.stage == "distill" else 50
   c.train.global_batch_size = 4
-  c.train.log_every = 10
-  c.train.checkpoint_every = 20
+  c.train.log_every = 50 if c.stage == "distill" else 10
+  c.train.checkpoint_every = 100
   c.train.trainable = "phi" if c.stage == "distill" else "all"
   return c

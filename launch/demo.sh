@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash launch/setup.sh
 export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 exec .venv/bin/python -m rehyat_jax.demo "$@"

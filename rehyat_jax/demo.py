@@ -1,12 +1,14 @@
-"""The main job on the embedded tiny default: checkpoint -> convert -> teacher and ReHyAt student in every form.
+"""The main job on the embedded tiny default (CPU, a few minutes).
 
-  python -m rehyat_jax.demo [--frames 9] [--chunk-frames 2] [--overlap-frames 1] [--workdir DIR]
+  python -m rehyat_jax.demo [--workdir DIR] [--skip-training]
 
 The teacher's weights are random (fixed seed): real Wan2.1 weights cannot ship with the
-repository. The job writes a tiny checkpoint in the original Wan2.1 layout, converts it with the
-real converter, loads a softmax teacher and a causal ReHyAt student from it, runs the student's
-reference / parallel / scan attention forms and the whole-model recurrent forward, and prints
-how closely they agree and how long each took. (Training replaces this job once it lands.)
+repository. Part 1 writes a tiny checkpoint in the original Wan2.1 layout, converts it with the
+real converter, loads a softmax teacher and a causal ReHyAt student, and checks that the
+student's reference / parallel / scan forms and the whole-model recurrent forward agree.
+Part 2 runs the two training stages on configs/tiny.py: stage 1 distils phi (the per-block
+attention error falls below the phi == 0 baseline), stage 2 finetunes the whole student with
+flow matching from the stage-1 phi; both write Orbax checkpoints; a summary table ends the run.
 """
 
 from __future__ import annotations
@@ -62,7 +64,8 @@ def main(argv=None) -> int:
   p.add_argument("--width", type=int, default=12, help="latent width")
   p.add_argument("--chunk-frames", type=int, default=2)
   p.add_argument("--overlap-frames", type=int, default=1)
-  p.add_argument("--workdir", type=Path, default=None, help="keep the checkpoints here (default: a temp dir)")
+  p.add_argument("--workdir", type=Path, default=None, help="keep checkpoints and logs here (default: a temp dir)")
+  p.add_argument("--skip-training", action="store_true", help="part 1 only")
   args = p.parse_args(argv)
 
   print("rehyat-jax demo — NOTE: the teacher has RANDOM weights (fixed seed); real Wan2.1 weights cannot ship\n"
@@ -108,6 +111,38 @@ def main(argv=None) -> int:
     if worst > 1e-4:
       print("ERROR: student forms disagree")
       return 1
+    if not args.skip_training:
+      return training_demo(work / "training")
+  return 0
+
+
+def training_demo(workdir: Path) -> int:
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  from rehyat_jax.train.loop import run  # pylint: disable=g-import-not-at-top
+
+  print("\n=== part 2: stage 1 (distil phi only) then stage 2 (flow-matching finetune), configs/tiny.py ===")
+  stage1 = tiny.get_config("distill")
+  stage1.workdir = str(workdir / "stage1")
+  s1 = run(stage1)
+  stage2 = tiny.get_config("finetune")
+  stage2.workdir = str(workdir / "stage2")
+  stage2.model.phi_checkpoint = str(Path(stage1.workdir) / "phi_export")
+  s2 = run(stage2)
+  report = s1["block_report"]
+  rel, base = report["relative_error"], report["baseline_error"]
+  print("\n| summary | value |\n|---|---|")
+  print(f"| stage 1 loss (first -> last log) | {s1['history'][0]['loss']:.4f} -> {s1['history'][-1]['loss']:.4f} |")
+  print(f"| held-out attention error, mean over blocks: trained phi / phi=0 | {rel.mean():.3f} / {base.mean():.3f}"
+        f" ({rel.mean() / base.mean():.2f}x) |")
+  print(f"| stage 2 loss (first -> last log) | {s2['history'][0]['loss']:.4f} -> {s2['history'][-1]['loss']:.4f} |")
+  print(f"| checkpoints | {stage1.workdir}/checkpoints, {stage2.workdir}/checkpoints, phi: "
+        f"{stage1.workdir}/phi_export |")
+  print("\nOn a real model: convert Wan2.1 (tools/convert_wan_weights.py), then\n"
+        "  python -m rehyat_jax.train --config configs/distill_wan_1_3b.py --config.model.checkpoint=ckpt/...\n"
+        "  python -m rehyat_jax.train --config configs/finetune_wan_1_3b.py --config.model.phi_checkpoint=...")
+  if not rel.mean() < base.mean():
+    print("ERROR: stage 1 did not reduce the attention error below the phi == 0 baseline")
+    return 1
   return 0
 
 

@@ -159,6 +159,9 @@ def run(cfg) -> dict:
       if trajectories is not None:
         trajectories.advance(flow)
       step += 1
+      if step == start + 1:
+        jax.block_until_ready(state.step)
+        logger.reset_clock(step)
       if step % cfg.train.log_every == 0 or step == cfg.train.steps:
         scalars = {"loss": float(step_metrics["loss"]), "grad_norm": float(step_metrics["grad_norm"])}
         if cfg.stage == "distill":

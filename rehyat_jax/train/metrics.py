@@ -50,6 +50,10 @@ class RunLogger:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self.tb = SummaryWriter(str(workdir / "tensorboard"))
 
+  def reset_clock(self, step: int) -> None:
+    """Start timing from ``step`` (after the first step, so compilation is not counted as speed)."""
+    self.last_step, self.last_time = step, time.perf_counter()
+
   def log(self, step: int, scalars: dict[str, float]) -> str:
     now = time.perf_counter()
     if self.last_step is None:
