@@ -91,7 +91,10 @@ def make_train_iterator(source: Sequence[Mapping[str, Any]], *, global_batch_siz
     if len(dataset) // process_count < batch_size:
       raise ValueError(f"{num_epochs} epoch(s) of {len(source)} examples give {len(dataset) // process_count} "
                        f"per process, fewer than one batch of {batch_size}")
-  dataset = dataset[process_index::process_count].map(decode_record).batch(batch_size, drop_remainder=True)
+  # Global batch b is examples [b*G, (b+1)*G) of the stream; process p takes the p-th contiguous block of
+  # it. So the assembled global batch (process blocks in process order) is the same examples in the same
+  # order whatever the number of processes, and per-position noise gives identical losses.
+  dataset = dataset.map(decode_record).batch(batch_size, drop_remainder=True)[process_index::process_count]
   iter_dataset = dataset.to_iter_dataset(
       grain.ReadOptions(num_threads=prefetch_batches, prefetch_buffer_size=prefetch_batches))
   if worker_count > 0:

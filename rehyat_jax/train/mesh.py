@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import jax
 import numpy as np
@@ -14,11 +15,15 @@ BATCH_AXES = ("data", "fsdp")
 
 
 def initialize_distributed(mesh_cfg) -> None:
-  """``jax.distributed.initialize`` when the config (or a TPU pod) asks for several processes."""
+  """``jax.distributed.initialize`` when the config asks for several processes (GPU hosts, or CPU
+  processes over gloo for tests), or on a multi-host TPU slice (which describes itself). Must run
+  before anything touches a JAX backend."""
   if mesh_cfg.num_processes > 1:
+    if os.environ.get("JAX_PLATFORMS", "").startswith("cpu"):
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=mesh_cfg.coordinator_address or None,
                                num_processes=mesh_cfg.num_processes, process_id=mesh_cfg.process_id)
-  elif jax.default_backend() == "tpu" and "TPU_WORKER_HOSTNAMES" in __import__("os").environ:
+  elif "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
     jax.distributed.initialize()
 
 
