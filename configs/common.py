@@ -80,6 +80,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh.fsdp = 1
   c.mesh.tensor = 1
   c.mesh.coordinator_address = ""      # multi-process GPU/CPU; TPU pods need none
+  c.mesh.auto_distributed = False      # TPU pod slices: jax.distributed.initialize() from VM metadata
   c.mesh.num_processes = 1
   c.mesh.process_id = 0
   return c

@@ -129,8 +129,8 @@ def run(cfg) -> dict:
       cfg.stage, graphdef, tx, converted, shift=cfg.data.shift, ema_decay=cfg.train.ema_decay, seed=cfg.train.seed,
       state_shardings=shardings, frozen_shardings=frozen_shardings, batch_shardings=batch_shardings,
       replicated=replicated(mesh))
-  baseline = step_lib.make_baseline_eval(graphdef, converted, shift=cfg.data.shift, seed=cfg.train.seed) \
-      if cfg.stage == "distill" else None
+  baseline = step_lib.make_baseline_eval(graphdef, converted, shift=cfg.data.shift, seed=cfg.train.seed,
+                                         replicated=replicated(mesh)) if cfg.stage == "distill" else None
   tokens_per_step = cfg.train.global_batch_size * int(np.prod(shapes.latents[1:])) // int(
       np.prod(model_cfg.patch_size))
   logger = metrics_lib.RunLogger(workdir, total_steps=cfg.train.steps, tokens_per_step=tokens_per_step,
@@ -199,8 +199,8 @@ def run(cfg) -> dict:
   if cfg.stage == "distill" and not preemption.requested:
     summary["block_report"] = stage1_report(cfg, graphdef, state.trainable, frozen, converted, source, shapes,
                                             workdir, mesh, is_main)
-    if is_main:
-      checkpointing.export_phi(state.trainable, workdir / "phi_export")
+    # Every process takes part: Orbax synchronises the hosts and writes from the primary one.
+    checkpointing.export_phi(state.trainable, workdir / "phi_export")
   return summary
 
 
@@ -210,8 +210,11 @@ def _model_cfg(graphdef, frozen, state):
 
 def stage1_report(cfg, graphdef, trainable, frozen, converted, source, shapes, workdir, mesh, is_main):
   """Per-block relative attention error on held-out synthetic/noised batches: trained phi vs phi == 0."""
-  evaluate = jax.jit(lambda p, f, b, k: step_lib.objectives.distill_loss(
-      p, f, graphdef, step_lib.prepare_batch(b, k, cfg.data.shift), converted)[1])
+  def block_stats(p, f, b, k):
+    aux = step_lib.objectives.distill_loss(p, f, graphdef, step_lib.prepare_batch(b, k, cfg.data.shift), converted)[1]
+    return {"block_l1": aux["block_l1"], "block_teacher_abs": aux["block_teacher_abs"]}
+
+  evaluate = jax.jit(block_stats, out_shardings=replicated(mesh))
   held_out = make_train_iterator(source, global_batch_size=cfg.train.global_batch_size, seed=cfg.data.seed + 7919,
                                  worker_count=0)
   errs, bases = [], []

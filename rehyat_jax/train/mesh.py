@@ -23,8 +23,8 @@ def initialize_distributed(mesh_cfg) -> None:
       jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=mesh_cfg.coordinator_address or None,
                                num_processes=mesh_cfg.num_processes, process_id=mesh_cfg.process_id)
-  elif "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
-    jax.distributed.initialize()
+  elif mesh_cfg.auto_distributed:
+    jax.distributed.initialize()  # TPU VMs describe the slice themselves; nothing may touch the backend first
 
 
 def resolve_mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:

@@ -60,8 +60,9 @@ def make_train_step(stage: str, graphdef, tx, converted, *, shift: float, ema_de
                  donate_argnums=(0,))
 
 
-def make_baseline_eval(graphdef, converted, *, shift: float, seed: int):
-  """jit(eval)(trainable, frozen, batch, step) -> per-block l1 [L, B] with phi == 0 (chunk-local softmax)."""
+def make_baseline_eval(graphdef, converted, *, shift: float, seed: int, replicated):
+  """jit(eval)(trainable, frozen, batch, step) -> per-block l1 [L, B] with phi == 0 (chunk-local softmax),
+  replicated so every process can read it."""
   base_key = jax.random.key(seed)
 
   def evaluate(trainable, frozen, batch, step):
@@ -69,4 +70,4 @@ def make_baseline_eval(graphdef, converted, *, shift: float, seed: int):
     _, aux = objectives.distill_loss(objectives.zero_phi(trainable), frozen, graphdef, inputs, converted)
     return aux["block_l1"]
 
-  return jax.jit(evaluate)
+  return jax.jit(evaluate, out_shardings=replicated)
