@@ -307,7 +307,7 @@ def test_tpu_real_run_against_fake_worker(repo, fake_cloud):
   pip_upgrade, pip_install, train = _python_calls(home, 3)
   assert pip_upgrade == ["-m", "pip", "install", "--quiet", "--upgrade", "pip"]
   assert pip_install == ["-m", "pip", "install", "--quiet", "-e", ".[tpu]"]
-  assert train == ["-m", "rehyat_jax.train", "--config", "configs/distill_wan_1_3b.py",
+  assert train == ["-m", "rehyat_jax.train", "--config", "configs/distill_wan_1_3b.py", "--config.mesh.auto_distributed=true",
                    "--config.workdir=gs://bkt/r", *TRICKY]
   log = next((src / "logs").glob("run1.*.log"))
   assert "fake python done" in log.read_text()
@@ -374,7 +374,7 @@ def test_gpu_dry_run_two_processes(repo, trap_bin):
     assert f"CUDA_VISIBLE_DEVICES={devices}" in argv
     assert "XLA_FLAGS=--xla_dump_to=/tmp/d --xla_gpu_enable_latency_hiding_scheduler=true" in argv
     assert argv[argv.index("-m"):] == [
-        "-m", "rehyat_jax.train", "--config", "configs/finetune_wan_1_3b.py", "--config.mesh.auto_distributed=true", "--config.train.steps=9",
+        "-m", "rehyat_jax.train", "--config", "configs/finetune_wan_1_3b.py", "--config.train.steps=9",
         "--config.mesh.coordinator_address=127.0.0.1:4321", "--config.mesh.num_processes=2",
         f"--config.mesh.process_id={i}"]
   assert "+ tail -n +1 -F runs/logs/r.proc0.log &" in res.stdout
