@@ -15,7 +15,7 @@ from flax import nnx
 
 from rehyat_jax.data.builders import LatentShapes
 from rehyat_jax.data.pipeline import make_train_iterator, to_global_batch
-from rehyat_jax.data.sources import SyntheticLatentSource, open_latent_source
+from rehyat_jax.data.sources import SyntheticLatentSource, open_latent_source, open_prompt_source
 from rehyat_jax.models import sharding as sharding_lib
 from rehyat_jax.train import checkpointing, metrics as metrics_lib, step as step_lib
 from rehyat_jax.train.config_checks import check_config
@@ -44,6 +44,9 @@ class _Preemption:
 def make_source(cfg, model_cfg):
   frames, height, width = (int(v) for v in cfg.data.latent_shape)
   shapes = LatentShapes(latents=(model_cfg.in_dim, frames, height, width), text=(model_cfg.text_len, model_cfg.text_dim))
+  if cfg.data.source == "trajectories" and cfg.data.data_dir:
+    # Teacher trajectories need only text: a prompt-embedding dataset (tools/encode_prompts.py).
+    return open_prompt_source(cfg.data.data_dir, cfg.data.split), shapes
   if cfg.data.source == "latents":
     source = open_latent_source(cfg.data.data_dir, cfg.data.split)
     record = source[0]
@@ -93,8 +96,10 @@ def run(cfg) -> dict:
 
   def next_data():
     local = next(iterator)
-    batch = to_global_batch({"latents": local["latents"], "text": local["text_embedding"]}, mesh, BATCH_AXES)
-    return batch
+    fields = {"text": local["text_embedding"]}
+    if "latents" in local:
+      fields["latents"] = local["latents"]
+    return to_global_batch(fields, mesh, BATCH_AXES)
 
   trajectories = None
   if cfg.data.source == "trajectories":
@@ -136,6 +141,10 @@ def run(cfg) -> dict:
   logger = metrics_lib.RunLogger(workdir, total_steps=cfg.train.steps, tokens_per_step=tokens_per_step,
                                  num_devices=jax.device_count(), device_kind=jax.devices()[0].device_kind,
                                  enabled=is_main)
+  logger.flops_per_step = metrics_lib.estimate_step_flops(
+      model_cfg, batch=cfg.train.global_batch_size, frames=shapes.latents[1] // model_cfg.patch_size[0],
+      tokens_per_frame=tokens_per_step // (cfg.train.global_batch_size * shapes.latents[1] // model_cfg.patch_size[0]),
+      stage=cfg.stage, window_frames=cfg.rehyat.chunk_frames + cfg.rehyat.overlap_frames)
   if is_main:
     print(f"stage {cfg.stage}: {count_params(state.trainable):,} trainable parameters, "
           f"{count_params(frozen):,} frozen; mesh {dict(mesh.shape)}; {jax.device_count()} devices, "
@@ -151,10 +160,6 @@ def run(cfg) -> dict:
         base_l1 = baseline(state.trainable, frozen, batch, state.step)
       else:
         base_l1 = None
-      if step == start and logger.flops_per_step is None:
-        cost = train_step.lower(state, frozen, batch).compile().cost_analysis()
-        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-        logger.flops_per_step = float((cost or {}).get("flops", 0.0)) or None
       state, step_metrics, flow = train_step(state, frozen, batch)
       if trajectories is not None:
         trajectories.advance(flow)
@@ -194,7 +199,14 @@ def run(cfg) -> dict:
     checkpointer.close()
     logger.close()
 
+  compiles = train_step._cache_size()  # pylint: disable=protected-access  # jit cache entries: 1 = no recompile
+  memory = jax.local_devices()[0].memory_stats() or {}
+  if is_main:
+    peak = memory.get("peak_bytes_in_use")
+    print(f"train step compiled {compiles} time(s); peak device memory "
+          f"{'n/a on this backend' if peak is None else f'{peak / 2**30:.2f} GiB'}", flush=True)
   summary = {"stage": cfg.stage, "final_step": step, "preempted": preemption.requested, "history": history,
+             "compiles": compiles, "peak_bytes": memory.get("peak_bytes_in_use"),
              "trainable": state.trainable, "frozen": frozen, "graphdef": graphdef, "converted": converted}
   if cfg.stage == "distill" and not preemption.requested:
     summary["block_report"] = stage1_report(cfg, graphdef, state.trainable, frozen, converted, source, shapes,

@@ -55,6 +55,7 @@ def test_stage1_trains_phi_only_and_frozen_params_are_bit_identical(tmp_path):
   cfg = config(**{"train.steps": 3, "workdir": str(tmp_path)})
   initial = build_model(cfg)
   summary = run(cfg)
+  assert summary["compiles"] == 1  # explicit shardings + donation: no recompile after step 0
   before_frozen = flat(nnx.split(initial, PhiParam, ...)[2])
   after_frozen = flat(summary["frozen"])
   assert before_frozen.keys() == after_frozen.keys() and len(after_frozen) > 20

@@ -1,0 +1,57 @@
+"""Block ranking from a stage-1 report."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rehyat_jax.train.ranking import rank_blocks
+
+TOOL = Path(__file__).resolve().parents[2] / "tools" / "rank_blocks.py"
+
+
+def write_report(path, errors, converted=None):
+  path.write_text(json.dumps({"relative_error": errors, "baseline_error": [1.0] * len(errors),
+                              "converted": converted or [True] * len(errors)}))
+  return path
+
+
+def test_lowest_error_blocks_are_chosen(tmp_path):
+  report = write_report(tmp_path / "r.json", [0.5, 0.1, 0.9, 0.2, 0.3])
+  assert rank_blocks(report, 2) == [1, 3]
+  assert rank_blocks(report, 5) == [0, 1, 2, 3, 4]
+
+
+def test_partial_report_and_bad_count_are_refused(tmp_path):
+  partial = write_report(tmp_path / "p.json", [0.5, 0.0, 0.9], [True, False, True])
+  with pytest.raises(ValueError, match="converted only blocks \\[0, 2\\]"):
+    rank_blocks(partial, 1)
+  with pytest.raises(ValueError, match="count must be in 1..3"):
+    rank_blocks(write_report(tmp_path / "r.json", [0.1, 0.2, 0.3]), 4)
+
+
+def test_cli_writes_the_config_value(tmp_path):
+  report = write_report(tmp_path / "r.json", [0.4, 0.1, 0.3, 0.2])
+  out = tmp_path / "blocks.txt"
+  proc = subprocess.run([sys.executable, str(TOOL), str(report), "--count", "2", "--out", str(out)],
+                        capture_output=True, text=True)
+  assert proc.returncode == 0 and proc.stdout.strip() == "1,3" and out.read_text().strip() == "1,3"
+  bad = subprocess.run([sys.executable, str(TOOL), str(tmp_path / "missing.json"), "--count", "2"],
+                       capture_output=True, text=True)
+  assert bad.returncode == 1 and "rank_blocks:" in bad.stderr
+
+
+def test_step_flops_estimate_matches_hand_count():
+  from rehyat_jax.models.config import WAN_T2V_1_3B
+  from rehyat_jax.train.metrics import estimate_step_flops
+  # Wan2.1-1.3B, 21 frames x 1560 tokens: linear layers alone are 2 x 1.33e9 weights x 32,760 tokens.
+  flops = estimate_step_flops(WAN_T2V_1_3B, batch=1, frames=21, tokens_per_frame=1560, stage="finetune",
+                              window_frames=4)
+  linear = 2 * 32760 * 30 * (6 * 1536**2 + 2 * 1536 * 8960)
+  assert linear * 3 < flops < linear * 3 * 1.5
+  distill = estimate_step_flops(WAN_T2V_1_3B, batch=1, frames=21, tokens_per_frame=1560, stage="distill",
+                                window_frames=4)
+  full_attention = 4 * 32760 * 32760 * 1536 * 30
+  assert distill > full_attention
