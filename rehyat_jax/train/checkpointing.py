@@ -48,9 +48,12 @@ class RunCheckpointer:
     if wait:
       self.manager.wait_until_finished()
 
+  def read_meta(self, step: int) -> dict:
+    return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
   def restore(self, step: int, state_like, arrays_like: dict, data_iterator):
     """(train state, arrays, meta) of ``step``; the data iterator is restored in place."""
-    meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    meta = self.read_meta(step)
     stored = meta.get("fingerprint", {})
     diffs = {k: (stored.get(k), v) for k, v in self.fingerprint.items() if stored.get(k) != v}
     if diffs:

@@ -75,7 +75,8 @@ def run(cfg) -> dict:
   check_config(cfg, jax.device_count(), jax.process_count(), num_layers=model.cfg.num_layers)
   if cfg.model.phi_checkpoint:
     checkpointing.restore_phi(cfg.model.phi_checkpoint, model)
-  converted = model.converted
+  converted, model_cfg = model.converted, model.cfg
+  fingerprint = _fingerprint(cfg, model)
   graphdef, trainable, frozen = nnx.split(model, trainable_filter(cfg.train.trainable), ...)
   del model
   if not jax.tree_util.tree_leaves(trainable):
@@ -88,7 +89,7 @@ def run(cfg) -> dict:
   frozen_shardings = sharding_lib.mesh_shardings(frozen, mesh)
   frozen = jax.device_put(frozen, frozen_shardings)
 
-  source, shapes = make_source(cfg, model_cfg := _model_cfg(graphdef, frozen, state))
+  source, shapes = make_source(cfg, model_cfg)
   iterator = make_train_iterator(source, global_batch_size=cfg.train.global_batch_size, seed=cfg.data.seed,
                                  worker_count=cfg.data.worker_count)
   batch_spec = batch_sharding(mesh)
@@ -110,15 +111,13 @@ def run(cfg) -> dict:
     batch_shardings = {"latents": batch_spec, "text": batch_spec}
 
   checkpointer = checkpointing.RunCheckpointer(workdir / "checkpoints", keep=cfg.train.keep_checkpoints,
-                                               fingerprint=_fingerprint(cfg, nnx.merge(graphdef, state.trainable,
-                                                                                       frozen)))
+                                               fingerprint=fingerprint)
   start = 0
   latest = checkpointer.latest_step()
   if latest is not None:
     arrays_like = {}
     if trajectories is not None:
-      meta = checkpointer.manager.restore(latest, args=__import__("orbax.checkpoint").checkpoint.args.Composite(
-          meta=__import__("orbax.checkpoint").checkpoint.args.JsonRestore()))["meta"]
+      meta = checkpointer.read_meta(latest)
       if meta.get("trajectory", {}).get("active"):
         arrays_like = {"x": jax.ShapeDtypeStruct(global_shape, jnp.float32, sharding=batch_spec),
                        "text": jax.ShapeDtypeStruct((global_shape[0], model_cfg.text_len, model_cfg.text_dim),
@@ -214,10 +213,6 @@ def run(cfg) -> dict:
     # Every process takes part: Orbax synchronises the hosts and writes from the primary one.
     checkpointing.export_phi(state.trainable, workdir / "phi_export")
   return summary
-
-
-def _model_cfg(graphdef, frozen, state):
-  return nnx.merge(graphdef, state.trainable, frozen).cfg
 
 
 def stage1_report(cfg, graphdef, trainable, frozen, converted, source, shapes, workdir, mesh, is_main):
