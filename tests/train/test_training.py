@@ -144,9 +144,15 @@ def test_sigterm_then_resume_is_bitwise_identical(tmp_path):
   assert [r["loss"] for r in logged] == straight["losses"]
 
 
-def test_checkpoint_of_another_model_is_refused_and_kept(tmp_path):
+def test_checkpoint_of_another_model_is_refused_and_kept(tmp_path, monkeypatch):
+  import dataclasses
+  from rehyat_jax.models import config as model_config
   run(config(**{"train.steps": 2, "workdir": str(tmp_path)}))
   before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+  # another model size (3 layers instead of 2) in the same workdir
+  monkeypatch.setitem(model_config.PRESETS, "tiny-3-layers", dataclasses.replace(model_config.WAN_TINY, num_layers=3))
+  with pytest.raises(CheckpointMismatch, match=r"model: checkpoint .*num_layers.{0,3}: 2"):
+    run(config(**{"train.steps": 4, "workdir": str(tmp_path), "model.preset": "tiny-3-layers"}))
   with pytest.raises(CheckpointMismatch, match="feature_map"):
     run(config(**{"train.steps": 4, "workdir": str(tmp_path), "rehyat.hidden": 8}))
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
