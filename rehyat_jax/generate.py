@@ -315,7 +315,8 @@ def generate(pipeline: Pipeline, prompts: str | Sequence[str], *, out_dir: str |
 
   encode = make_text_encoder(pipeline)
   sampler = make_sampler(pipeline.dit, schedule, solver=solver, guidance=guidance, mode=mode)
-  negative_text = encode([negative_prompt])
+  # As Wan: an empty negative prompt means the default one.
+  negative_text = encode([negative_prompt or WAN_NEGATIVE_PROMPT])
   shape = latent_shape(pipeline, frames, height, width)
   jobs = [(prompt, i) for prompt in prompts for i in range(seeds_per_prompt)]
   results = []
@@ -359,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
   prompts.add_argument("--prompts-file", help="one prompt per line (VBench style batch)")
   p.add_argument("--seeds-per-prompt", type=int, default=None,
                  help="videos per prompt, seeds seed..seed+n-1 (default: 5 with --prompts-file, else 1)")
-  p.add_argument("--negative-prompt", default=WAN_NEGATIVE_PROMPT, help="default: Wan2.1's")
+  p.add_argument("--negative-prompt", default=WAN_NEGATIVE_PROMPT, help="default (or when empty): Wan2.1's")
   p.add_argument("--out-dir", default="videos")
   p.add_argument("--frames", type=int, default=81, help="video frames, 4k+1")
   p.add_argument("--size", type=parse_size, default=(832, 480), help="WIDTHxHEIGHT or W*H, multiples of 16")
@@ -448,11 +449,18 @@ def main(argv: Iterable[str] | None = None) -> int:
   except GenerationError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  seconds = [r.seconds for r in results]
-  later = f", later videos {np.mean(seconds[1:]):.2f}" if len(seconds) > 1 else ""
-  print(f"wrote {len(results)} videos to {args.out_dir}: {np.mean(seconds):.2f} s per video "
-        f"(first, with compilation, {seconds[0]:.2f}{later}); peak device memory {peak_memory()}")
+  print(summary(results, args.out_dir))
   return 0
+
+
+def summary(results: Sequence[VideoResult], out_dir: str | os.PathLike) -> str:
+  """Seconds per video (the first one includes compilation, so it is shown apart) and peak device memory."""
+  seconds = [r.seconds for r in results]
+  timing = f"{seconds[0]:.2f} s per video (including compilation)"
+  if len(seconds) > 1:
+    timing = (f"{np.mean(seconds[1:]):.2f} s per video after the first ({seconds[0]:.2f} s, including "
+              "compilation)")
+  return f"wrote {len(results)} video(s) to {out_dir}: {timing}; peak device memory {peak_memory()}"
 
 
 if __name__ == "__main__":

@@ -183,8 +183,8 @@ def encode_videos(videos: Sequence[CaptionedVideo], vae: WanVAE, tokenizer: UMT5
                   finalize: bool | None = None) -> EncodingSummary:
   """Writes this host's shards of the ``WanLatentsDataset`` of ``videos`` under ``out_dir``.
 
-  Every listed file is checked (``check_videos``) before anything is encoded. VAE batches are padded to ``batch_size``
-  (with copies of the last clip) so the VAE compiles once.
+  Every listed file is checked (``check_videos``) before anything is encoded. VAE batches are padded to
+  ``batch_size`` (with copies of the last clip) so the VAE compiles once.
   """
   videos = list(videos)
   spec.check(vae.cfg.temporal_factor, vae.cfg.spatial_factor)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
+from etils import epath
 
 import grain
 import jax
@@ -18,6 +18,12 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from rehyat_jax.attention.feature_maps import PhiParam
+
+
+def run_path(path: str | os.PathLike) -> epath.Path:
+  """A local path made absolute (Orbax wants that) or a remote one (gs://...) as it is."""
+  path = epath.Path(path)
+  return path if "://" in str(path) else path.absolute()
 
 
 class CheckpointMismatch(ValueError):
@@ -31,7 +37,7 @@ def _abstract(tree):
 
 class RunCheckpointer:
   def __init__(self, directory: str | os.PathLike, *, keep: int, fingerprint: dict):
-    self.directory = Path(directory).absolute()
+    self.directory = run_path(directory)
     self.fingerprint = fingerprint
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True, create=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
@@ -74,11 +80,11 @@ class RunCheckpointer:
     self.manager.close()
 
 
-def export_phi(trainable, directory: str | os.PathLike) -> Path:
+def export_phi(trainable, directory: str | os.PathLike) -> epath.Path:
   """Write only the feature maps (a few MB per block) as a standalone Orbax checkpoint."""
   phi = nnx.split_state(trainable, PhiParam, ...)[0] if not isinstance(trainable, nnx.Module) else \
       nnx.state(trainable, PhiParam)
-  directory = Path(directory).absolute()
+  directory = run_path(directory)
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(directory / "phi", phi.to_pure_dict(), force=True)
   checkpointer.wait_until_finished()
@@ -90,6 +96,6 @@ def restore_phi(directory: str | os.PathLike, model: nnx.Module) -> None:
   """Load exported phi into ``model`` (in place); shapes must match."""
   target = nnx.state(model, PhiParam)
   abstract = _abstract(target.to_pure_dict())
-  values = ocp.StandardCheckpointer().restore(Path(directory).absolute() / "phi", abstract)
+  values = ocp.StandardCheckpointer().restore(run_path(directory) / "phi", abstract)
   nnx.replace_by_pure_dict(target, values)
   nnx.update(model, target)

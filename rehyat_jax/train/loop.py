@@ -6,7 +6,6 @@ import dataclasses
 import json
 import signal
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -68,7 +67,7 @@ def run(cfg) -> dict:
   """Train for ``cfg.train.steps`` steps (resuming from the workdir's latest checkpoint); returns a summary."""
   initialize_distributed(cfg.mesh)
   check_config(cfg, jax.device_count(), jax.process_count())
-  workdir = Path(cfg.workdir)
+  workdir = checkpointing.run_path(cfg.workdir)  # local or gs://
   is_main = jax.process_index() == 0
   mesh = make_mesh(cfg.mesh)
   model = build_model(cfg, mesh)

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
+import io
+import tempfile
+
+from etils import epath
 
 import numpy as np
 
@@ -53,7 +56,7 @@ def bucket_means(values: np.ndarray, timesteps: np.ndarray) -> dict[str, float]:
 
 
 class RunLogger:
-  def __init__(self, workdir: Path, *, total_steps: int, tokens_per_step: int, num_devices: int, device_kind: str,
+  def __init__(self, workdir: epath.Path, *, total_steps: int, tokens_per_step: int, num_devices: int, device_kind: str,
                enabled: bool = True):
     self.workdir, self.total_steps, self.tokens_per_step = workdir, total_steps, tokens_per_step
     self.num_devices, self.peak = num_devices, peak_flops(device_kind)
@@ -66,9 +69,11 @@ class RunLogger:
     self.tb = None
     if enabled:
       workdir.mkdir(parents=True, exist_ok=True)
-      self.jsonl = open(workdir / "metrics.jsonl", "a")
+      self.jsonl = (workdir / "metrics.jsonl").open("a")
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self.tb = SummaryWriter(str(workdir / "tensorboard"))
+      # tensorboardX writes local files only: for a remote workdir the events stay on this host.
+      tb_dir = workdir / "tensorboard" if "://" not in str(workdir) else tempfile.mkdtemp(prefix="rehyat_tb_")
+      self.tb = SummaryWriter(str(tb_dir))
 
   def reset_clock(self, step: int) -> None:
     """Start timing from ``step`` (after the first step, so compilation is not counted as speed)."""
@@ -107,7 +112,7 @@ class RunLogger:
       self.tb.close()
 
 
-def block_error_report(workdir: Path, relative_error: np.ndarray, baseline_error: np.ndarray,
+def block_error_report(workdir: epath.Path, relative_error: np.ndarray, baseline_error: np.ndarray,
                        converted: tuple[bool, ...]) -> str:
   """Table + PNG of per-block relative attention error (|softmax - hybrid| / |softmax|) for the
   trained phi and for phi == 0; also writes per_block_error.json for tools/rank_blocks.py."""
@@ -132,6 +137,8 @@ def block_error_report(workdir: Path, relative_error: np.ndarray, baseline_error
   ax.set_ylabel("|softmax - hybrid| / |softmax|")
   ax.legend()
   fig.tight_layout()
-  fig.savefig(workdir / "per_block_error.png", dpi=100)
+  png = io.BytesIO()
+  fig.savefig(png, format="png", dpi=100)
+  (workdir / "per_block_error.png").write_bytes(png.getvalue())
   plt.close(fig)
   return table

@@ -8,12 +8,12 @@ softmax are the cheapest to convert; the paper converts 15, 20 or 25 of Wan2.1-1
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from etils import epath
 
 
-def rank_blocks(report_path: str | Path, count: int) -> list[int]:
+def rank_blocks(report_path: str | epath.PathLike, count: int) -> list[int]:
   """The ``count`` converted blocks with the lowest held-out relative error, sorted by block id."""
-  report = json.loads(Path(report_path).read_text())
+  report = json.loads(epath.Path(report_path).read_text())
   errors, converted = report["relative_error"], report["converted"]
   candidates = [i for i, c in enumerate(converted) if c]
   if len(candidates) < len(converted):
