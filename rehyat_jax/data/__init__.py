@@ -4,7 +4,9 @@ Modules: ``builders`` (the on-disk record format, the two TFDS builders ``WanLat
 ``PromptEmbeddingsDataset``, and the writers: one call per dataset, or shard by shard for multi-host and
 resumable tools), ``sources`` (opening a written dataset as a checked random-access source, and
 ``SyntheticLatentSource``), ``pipeline`` (the Grain training iterator and per-process batch -> global
-``jax.Array`` batch).
+``jax.Array`` batch), and the logic of the dataset tools: ``prompt_encoding`` (prompts -> umT5 embeddings,
+plus the resumable host-sharded shard loop the tools share), ``video_encoding`` (mp4 clips -> VAE latents +
+captions), ``latent_generation`` (a teacher samples latents from prompts).
 """
 
 from rehyat_jax.data.builders import (
