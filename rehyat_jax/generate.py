@@ -259,6 +259,14 @@ def to_uint8_frames(frames: jax.Array) -> np.ndarray:
   return np.clip(np.round((frames + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
+def check_video_writer() -> None:
+  """Fail before any work when imageio cannot write mp4 (its ffmpeg plugin ships the binary)."""
+  try:
+    import imageio_ffmpeg  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    raise GenerationError("writing mp4 needs the imageio-ffmpeg package (pip install imageio-ffmpeg)") from None
+
+
 def write_video(vae: WanVAE, latents: jax.Array, path: Path, fps: int = FPS) -> int:
   """Decodes ``latents`` frame group by frame group into an mp4 at ``path``; returns the frames written."""
   written = 0
@@ -307,6 +315,7 @@ def generate(pipeline: Pipeline, prompts: str | Sequence[str], *, out_dir: str |
   """
   prompts = check_prompts(prompts)
   _check_pipeline(pipeline, frames, height, width, attention, mode)
+  check_video_writer()
   schedule = make_schedule(solver, steps, shift)
   if seeds_per_prompt < 1:
     raise GenerationError(f"seeds_per_prompt must be >= 1; got {seeds_per_prompt}")
