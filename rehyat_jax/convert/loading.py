@@ -38,9 +38,9 @@ def load_pretrained(path: str | os.PathLike, *, run: RuntimeConfig = RuntimeConf
     raise ValueError("load_pretrained: sharding on a mesh needs RuntimeConfig(scan_layers=True)")
   shardings = sharding_lib.mesh_shardings(nnx.state(abstract), mesh, rules) if mesh is not None else None
 
-  teacher_target = teacher_abs.to_pure_dict()
+  teacher_target = nnx.to_pure_dict(teacher_abs)
   if run.scan_layers:
-    target_shardings = (nnx.split(shardings, TEACHER_PARAMS, ...)[0].to_pure_dict() if shardings is not None
+    target_shardings = (nnx.to_pure_dict(nnx.split(shardings, TEACHER_PARAMS, ...)[0]) if shardings is not None
                         else jax.tree_util.tree_map(lambda _: None, teacher_target))
     target = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                     teacher_target, target_shardings)

@@ -49,7 +49,7 @@ def load_params(model: nnx.Module, canonical: dict, *, strict: bool = True) -> N
   """
   run = model.run
   state = nnx.state(model, TEACHER_PARAMS)
-  current = state.to_pure_dict()
+  current = nnx.to_pure_dict(state)
   incoming = canonical_to_model_layout(canonical, scan_layers=run.scan_layers, num_layers=model.cfg.num_layers)
   want = dict(jax.tree_util.tree_flatten_with_path(_shape_tree(current))[0])
   have = dict(jax.tree_util.tree_flatten_with_path(_shape_tree(incoming))[0])
@@ -71,5 +71,5 @@ def load_params(model: nnx.Module, canonical: dict, *, strict: bool = True) -> N
 
 def canonical_params(model: nnx.Module) -> dict:
   """The model's teacher parameters as a canonical (stacked) tree of numpy arrays."""
-  tree = jax.tree_util.tree_map(np.asarray, nnx.state(model, TEACHER_PARAMS).to_pure_dict())
+  tree = jax.tree_util.tree_map(np.asarray, nnx.to_pure_dict(nnx.state(model, TEACHER_PARAMS)))
   return model_to_canonical_layout(tree, scan_layers=model.run.scan_layers, num_layers=model.cfg.num_layers)

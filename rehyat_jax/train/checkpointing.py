@@ -86,7 +86,7 @@ def export_phi(trainable, directory: str | os.PathLike) -> epath.Path:
       nnx.state(trainable, PhiParam)
   directory = run_path(directory)
   checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(directory / "phi", phi.to_pure_dict(), force=True)
+  checkpointer.save(directory / "phi", nnx.to_pure_dict(phi), force=True)
   checkpointer.wait_until_finished()
   (directory / "phi.json").write_text(json.dumps({"leaves": len(jax.tree_util.tree_leaves(phi))}))
   return directory
@@ -95,7 +95,7 @@ def export_phi(trainable, directory: str | os.PathLike) -> epath.Path:
 def restore_phi(directory: str | os.PathLike, model: nnx.Module) -> None:
   """Load exported phi into ``model`` (in place); shapes must match."""
   target = nnx.state(model, PhiParam)
-  abstract = _abstract(target.to_pure_dict())
+  abstract = _abstract(nnx.to_pure_dict(target))
   values = ocp.StandardCheckpointer().restore(run_path(directory) / "phi", abstract)
   nnx.replace_by_pure_dict(target, values)
   nnx.update(model, target)
