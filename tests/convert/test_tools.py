@@ -64,3 +64,17 @@ def test_random_checkpoint_round_trip(layout, extra, tmp_path):
       WAN_TINY.dim, WAN_TINY.ffn_dim, WAN_TINY.num_heads, WAN_TINY.num_layers, WAN_TINY.text_dim)
   assert abs(float(params["blocks"]["self_attn"]["norm_q"]["scale"].mean()) - 1.0) < 0.05
   assert float(np.abs(params["blocks"]["ffn"]["fc1"]["kernel"]).mean()) < 0.1
+
+
+def test_convert_cli_routes_components(tmp_path):
+  """--component picks the umT5 / VAE converter: their own errors come back, not the DiT's."""
+  bad = run_tool("convert_wan_weights.py", tmp_path / "missing.pth", tmp_path / "out", "--component", "vae")
+  assert bad.returncode == 1 and "no such file" in bad.stderr and not (tmp_path / "out").exists()
+  heads = run_tool("convert_wan_weights.py", tmp_path / "x", tmp_path / "out", "--component", "umt5", "--num-heads", "4")
+  assert heads.returncode == 1 and "--num-heads applies to --component dit only" in heads.stderr
+  not_t5 = tmp_path / "dit_like.safetensors"
+  import numpy as np
+  from safetensors.numpy import save_file
+  save_file({"patch_embedding.weight": np.zeros((4, 4, 1, 2, 2), np.float32)}, str(not_t5))
+  wrong = run_tool("convert_wan_weights.py", not_t5, tmp_path / "out", "--component", "umt5")
+  assert wrong.returncode == 1 and "error:" in wrong.stderr and not (tmp_path / "out").exists()
