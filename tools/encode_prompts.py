@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-import jax
 
 from rehyat_jax.convert import CheckpointError
 from rehyat_jax.convert.umt5 import load_umt5
 from rehyat_jax.data.prompt_encoding import encode_prompts, read_prompts
+from rehyat_jax.data.tool_flags import add_shard_flags, add_text_encoder_flags, shard_kwargs
 from rehyat_jax.models.config import PrecisionPolicy
 from rehyat_jax.models.tokenizer import UMT5Tokenizer
 
@@ -27,17 +27,10 @@ from rehyat_jax.models.tokenizer import UMT5Tokenizer
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--prompts-file", required=True, help="text file, one prompt per line")
-  parser.add_argument("--t5", required=True, help="converted umT5 checkpoint directory")
-  parser.add_argument("--tokenizer", required=True, help="spiece.model or a folder holding it")
-  parser.add_argument("--out", required=True, help="output directory (the dataset goes below it)")
-  parser.add_argument("--host-index", type=int, default=None, help="this host (default: jax.process_index())")
-  parser.add_argument("--num-hosts", type=int, default=None, help="hosts sharing the work (default: "
-                      "jax.process_count())")
-  parser.add_argument("--examples-per-shard", type=int, default=1024)
-  parser.add_argument("--batch-size", type=int, default=8, help="prompts per encoder call")
+  add_text_encoder_flags(parser)
+  add_shard_flags(parser, examples_per_shard=1024, batch_size=8, batch_help="prompts per encoder call")
   parser.add_argument("--precision", default="bf16_params", choices=("fp32", "bf16", "bf16_params"),
                       help="umT5 precision policy (default bf16_params: Wan runs umT5 in bfloat16)")
-  parser.add_argument("--finalize", action="store_true", help="finalise on this host too once all shards exist")
   return parser.parse_args(argv)
 
 
@@ -49,10 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     encoder = load_umt5(args.t5, PrecisionPolicy.named(args.precision))
     summary = encode_prompts(
         prompts, tokenizer, encoder, args.out,
-        host_index=jax.process_index() if args.host_index is None else args.host_index,
-        num_hosts=jax.process_count() if args.num_hosts is None else args.num_hosts,
-        examples_per_shard=args.examples_per_shard, batch_size=args.batch_size,
-        finalize=True if args.finalize else None)
+        **shard_kwargs(args))
   except (CheckpointError, FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

@@ -16,22 +16,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-import jax
 
 from rehyat_jax.convert import CheckpointError
 from rehyat_jax.convert.umt5 import load_umt5
 from rehyat_jax.convert.wan_vae import load_wan_vae
+from rehyat_jax.data.tool_flags import add_shard_flags, add_text_encoder_flags, parse_size, shard_kwargs
 from rehyat_jax.data.video_encoding import ClipSpec, check_videos, encode_videos, list_videos_dir, read_video_list
 from rehyat_jax.models.config import PrecisionPolicy
 from rehyat_jax.models.tokenizer import UMT5Tokenizer
-
-
-def parse_size(text: str) -> tuple[int, int]:
-  try:
-    width, height = (int(part) for part in text.lower().split("x"))
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 832x480, got {text!r}") from None
-  return width, height
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -40,20 +32,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   source.add_argument("--videos-dir", help="folder of videos with <stem>.txt captions")
   source.add_argument("--video-list", help=".csv (path,caption) or .jsonl list of videos")
   parser.add_argument("--vae", required=True, help="converted Wan VAE directory")
-  parser.add_argument("--t5", required=True, help="converted umT5 checkpoint directory")
-  parser.add_argument("--tokenizer", required=True, help="spiece.model or a folder holding it")
-  parser.add_argument("--out", required=True, help="output directory (the dataset goes below it)")
+  add_text_encoder_flags(parser)
   parser.add_argument("--size", type=parse_size, default=(832, 480), help="clip WIDTHxHEIGHT (default 832x480)")
   parser.add_argument("--frames", type=int, default=81, help="frames per clip, 4k + 1 (default 81)")
   parser.add_argument("--frame-stride", type=int, default=1, help="take every n-th frame (default 1)")
-  parser.add_argument("--host-index", type=int, default=None, help="this host (default: jax.process_index())")
-  parser.add_argument("--num-hosts", type=int, default=None, help="hosts sharing the work (default: "
-                      "jax.process_count())")
-  parser.add_argument("--examples-per-shard", type=int, default=64)
-  parser.add_argument("--batch-size", type=int, default=1, help="clips per VAE call")
+  add_shard_flags(parser, examples_per_shard=64, batch_size=1, batch_help="clips per VAE call")
   parser.add_argument("--precision", default="bf16_params", choices=("fp32", "bf16", "bf16_params"),
                       help="umT5 precision policy (the VAE runs in float32)")
-  parser.add_argument("--finalize", action="store_true", help="finalise on this host too once all shards exist")
   return parser.parse_args(argv)
 
 
@@ -71,10 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     vae = load_wan_vae(args.vae)
     summary = encode_videos(
         videos, vae, tokenizer, encoder, args.out, spec,
-        host_index=jax.process_index() if args.host_index is None else args.host_index,
-        num_hosts=jax.process_count() if args.num_hosts is None else args.num_hosts,
-        examples_per_shard=args.examples_per_shard, batch_size=args.batch_size,
-        finalize=True if args.finalize else None)
+        **shard_kwargs(args))
   except (CheckpointError, FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-import jax
 
 from rehyat_jax.convert import CheckpointError
 from rehyat_jax.convert.loading import load_pretrained
 from rehyat_jax.convert.umt5 import load_umt5
 from rehyat_jax.data.latent_generation import generate_latents
 from rehyat_jax.data.prompt_encoding import read_prompts
+from rehyat_jax.data.tool_flags import add_shard_flags, add_text_encoder_flags, parse_size, shard_kwargs
 from rehyat_jax.generate import check_video_shape, make_schedule
 from rehyat_jax.models.config import PrecisionPolicy
 from rehyat_jax.models.tokenizer import UMT5Tokenizer
@@ -29,21 +29,11 @@ from rehyat_jax.models.wan import RuntimeConfig
 from rehyat_jax.sampling import SOLVERS, WAN_T2V_GUIDANCE_SCALE, WAN_T2V_SAMPLING_STEPS, WAN_T2V_SHIFT
 
 
-def parse_size(text: str) -> tuple[int, int]:
-  try:
-    width, height = (int(part) for part in text.lower().split("x"))
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 832x480, got {text!r}") from None
-  return width, height
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--prompts-file", required=True, help="text file, one prompt per line")
   parser.add_argument("--dit", required=True, help="converted Wan2.1 DiT directory (the teacher)")
-  parser.add_argument("--t5", required=True, help="converted umT5 checkpoint directory")
-  parser.add_argument("--tokenizer", required=True, help="spiece.model or a folder holding it")
-  parser.add_argument("--out", required=True, help="output directory (the dataset goes below it)")
+  add_text_encoder_flags(parser)
   parser.add_argument("--frames", type=int, default=81, help="video frames, 4k + 1 (default 81)")
   parser.add_argument("--size", type=parse_size, default=(832, 480), help="video WIDTHxHEIGHT (default 832x480)")
   parser.add_argument("--steps", type=int, default=WAN_T2V_SAMPLING_STEPS)
@@ -53,12 +43,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   parser.add_argument("--seed", type=int, default=0, help="noise seed of prompt 0 (prompt i: seed + i)")
   parser.add_argument("--precision", default="bf16", choices=("fp32", "bf16", "bf16_params"),
                       help="DiT and umT5 precision policy (default bf16)")
-  parser.add_argument("--host-index", type=int, default=None, help="this host (default: jax.process_index())")
-  parser.add_argument("--num-hosts", type=int, default=None, help="hosts sharing the work (default: "
-                      "jax.process_count())")
-  parser.add_argument("--examples-per-shard", type=int, default=64)
-  parser.add_argument("--batch-size", type=int, default=8, help="prompts per text-encoder call")
-  parser.add_argument("--finalize", action="store_true", help="finalise on this host too once all shards exist")
+  add_shard_flags(parser, examples_per_shard=64, batch_size=8, batch_help="prompts per text-encoder call")
   return parser.parse_args(argv)
 
 
@@ -76,10 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = generate_latents(
         prompts, dit, tokenizer, encoder, args.out, frames=args.frames, height=height, width=width,
         steps=args.steps, guidance=args.guidance, shift=args.shift, solver=args.solver, seed=args.seed,
-        host_index=jax.process_index() if args.host_index is None else args.host_index,
-        num_hosts=jax.process_count() if args.num_hosts is None else args.num_hosts,
-        examples_per_shard=args.examples_per_shard, batch_size=args.batch_size,
-        finalize=True if args.finalize else None)
+        **shard_kwargs(args))
   except (CheckpointError, FileNotFoundError, ValueError) as e:  # GenerationError is a ValueError
     print(f"error: {e}", file=sys.stderr)
     return 1
