@@ -2,9 +2,12 @@
 
 Rows (method.md §6 has the H200 reference points):
   full_softmax        jax.nn.dot_product_attention: cuDNN flash on GPU in bf16/fp16, XLA elsewhere
-  rehyat_parallel     hybrid_attention(mode='parallel')
+  rehyat_parallel     hybrid_attention(mode='parallel'), window backend --window-backend
+                      (auto: the fused Pallas kernel on one GPU, XLA elsewhere)
+  rehyat_parallel_xla hybrid_attention(mode='parallel') with the XLA window softmax
   rehyat_scan         hybrid_attention(mode='scan')
-  chunk_softmax       softmax inside each chunk window only (parallel form, phi term removed)
+  chunk_softmax       softmax inside each chunk window only (XLA window softmax, phi term removed)
+  chunk_softmax_fused the same through the fused Pallas window kernel (linear terms zero)
   chunk_softmax_cudnn the same window softmax as one cuDNN call per chunk (GPU, bf16/fp16 only)
   linear_term         the phi term only: per-frame phi_k v^T sums, prefix mix, phi_q . KV_L / z_L
 
@@ -41,11 +44,13 @@ from rehyat_jax.attention.chunking import make_geometry  # noqa: E402
 from rehyat_jax.attention.hybrid import hybrid_attention  # noqa: E402
 from rehyat_jax.attention.numerics import joint_normalise  # noqa: E402
 from rehyat_jax.attention.parallel import (chunk_windows, linear_states, pad_to_chunks,  # noqa: E402
-                                           parallel_hybrid_attention, window_softmax)
+                                           parallel_hybrid_attention)
+from rehyat_jax.attention.window import (WindowKernelConfig, window_attention,  # noqa: E402
+                                         window_softmax)
 from rehyat_jax.attention.scan import scan_hybrid_attention  # noqa: E402
 
-METHODS = ("full_softmax", "rehyat_parallel", "rehyat_scan", "chunk_softmax",
-           "chunk_softmax_cudnn", "linear_term")
+METHODS = ("full_softmax", "rehyat_parallel", "rehyat_parallel_xla", "rehyat_scan", "chunk_softmax",
+           "chunk_softmax_fused", "chunk_softmax_cudnn", "linear_term")
 MIB = 2 ** 20
 
 
@@ -66,6 +71,8 @@ class Setup:
   backward: bool
   chunks_per_step: int | None
   scan_remat: bool
+  window_backend: str
+  kernel: WindowKernelConfig
 
   @property
   def chunking(self) -> dict[str, int]:
@@ -101,6 +108,18 @@ def chunk_softmax(q, k, v, *, setup: Setup) -> jax.Array:
   a_s, n_s = window_softmax(pad_to_chunks(q, geometry), k_windows, v_windows, key_valid)
   out = (a_s / n_s[..., None]).reshape(q.shape[0], -1, *q.shape[2:])
   return out[:, :q.shape[1]].astype(q.dtype)
+
+
+def chunk_softmax_fused(q, k, v, *, setup: Setup) -> jax.Array:
+  """The window softmax alone through the fused kernel (lin_num = lin_den = 0)."""
+  geometry = make_geometry(q.shape[1], **setup.chunking)
+  q_chunks = pad_to_chunks(q, geometry)
+  k_windows = chunk_windows(pad_to_chunks(k, geometry), geometry)
+  v_windows = chunk_windows(pad_to_chunks(v, geometry), geometry)
+  zeros = jnp.zeros(q_chunks.shape, jnp.float32)
+  out = window_attention(q_chunks, k_windows, v_windows, zeros, zeros[..., 0], geometry,
+                         backend="pallas", kernel_config=setup.kernel)
+  return out.reshape(q.shape[0], -1, *q.shape[2:])[:, :q.shape[1]]
 
 
 def chunk_softmax_cudnn(q, k, v, *, setup: Setup) -> jax.Array:
@@ -142,16 +161,19 @@ def method(name: str, setup: Setup) -> tuple[Callable[..., jax.Array], tuple[str
   if name == "full_softmax":
     implementation = "cudnn" if cudnn_usable(setup) else "xla"
     return functools.partial(jax.nn.dot_product_attention, implementation=implementation), qkv
-  if name in ("rehyat_parallel", "rehyat_scan"):
-    mode = name.split("_")[1]
-    if mode == "parallel" and setup.chunks_per_step:
-      return functools.partial(parallel_hybrid_attention, causal=True,
-                               chunks_per_step=setup.chunks_per_step, **setup.chunking), qkv_phi
-    if mode == "scan" and setup.scan_remat:
+  if name in ("rehyat_parallel", "rehyat_parallel_xla"):
+    backend = "xla" if name.endswith("_xla") else setup.window_backend
+    return functools.partial(parallel_hybrid_attention, causal=True, backend=backend,
+                             chunks_per_step=setup.chunks_per_step, kernel_config=setup.kernel,
+                             **setup.chunking), qkv_phi
+  if name == "rehyat_scan":
+    if setup.scan_remat:
       return functools.partial(scan_hybrid_attention, remat=True, **setup.chunking), qkv_phi
-    return functools.partial(hybrid_attention, causal=True, mode=mode, **setup.chunking), qkv_phi
+    return functools.partial(hybrid_attention, causal=True, mode="scan", **setup.chunking), qkv_phi
   if name == "chunk_softmax":
     return functools.partial(chunk_softmax, setup=setup), qkv
+  if name == "chunk_softmax_fused":
+    return functools.partial(chunk_softmax_fused, setup=setup), qkv
   if name == "chunk_softmax_cudnn":
     return functools.partial(chunk_softmax_cudnn, setup=setup), qkv
   if name == "linear_term":
@@ -284,6 +306,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                       "recomputed in the backward pass")
   p.add_argument("--scan-remat", action="store_true",
                  help="scan form: recompute each chunk in the backward pass")
+  p.add_argument("--window-backend", default="auto", choices=["auto", "xla", "pallas"],
+                 help="rehyat_parallel's softmax-window backend")
+  defaults = WindowKernelConfig()
+  p.add_argument("--block-q", type=int, default=defaults.block_q, help="fused kernel tile")
+  p.add_argument("--block-k", type=int, default=defaults.block_k, help="fused kernel tile")
+  p.add_argument("--num-warps", type=int, default=defaults.num_warps)
+  p.add_argument("--num-stages", type=int, default=defaults.num_stages)
   p.add_argument("--reps", type=int, default=None)
   p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
   p.add_argument("--no-backward", dest="backward", action="store_false")
@@ -308,7 +337,9 @@ def make_setup(args: argparse.Namespace) -> tuple[Setup, list[int]]:
                 chunk_frames=args.chunk_frames, overlap_frames=args.overlap_frames,
                 dtype=pick("dtype"), phi_dtype=args.phi_dtype, reps=pick("reps"),
                 backward=args.backward, chunks_per_step=args.chunks_per_step,
-                scan_remat=args.scan_remat)
+                scan_remat=args.scan_remat, window_backend=args.window_backend,
+                kernel=WindowKernelConfig(block_q=args.block_q, block_k=args.block_k,
+                                          num_warps=args.num_warps, num_stages=args.num_stages))
   return setup, pick("frames")
 
 

@@ -19,7 +19,8 @@ MODES = ("reference", "parallel", "scan")
 
 def hybrid_attention(q: jax.Array, k: jax.Array, v: jax.Array, phi_q: jax.Array,
                      phi_k: jax.Array, *, tokens_per_frame: int, chunk_frames: int,
-                     overlap_frames: int, causal: bool, mode: str = "parallel") -> jax.Array:
+                     overlap_frames: int, causal: bool, mode: str = "parallel",
+                     backend: str = "auto") -> jax.Array:
   """ReHyAt recurrent hybrid attention.
 
   Args:
@@ -30,6 +31,9 @@ def hybrid_attention(q: jax.Array, k: jax.Array, v: jax.Array, phi_q: jax.Array,
     overlap_frames: To >= 0, frames before a chunk that join its softmax window.
     causal: linear set = frames before the window (True) or all frames outside it (False).
     mode: 'reference', 'parallel' or 'scan' (causal only).
+    backend: the parallel form's softmax-window implementation: 'xla', 'pallas' (the fused
+      kernel of window.py; interpret mode off GPU) or 'auto' (pallas on one GPU, else xla).
+      Ignored by the other modes.
 
   Returns:
     [B, N, H, D] in q.dtype; sums, statistics and the normalisation run in float32.
@@ -46,5 +50,6 @@ def hybrid_attention(q: jax.Array, k: jax.Array, v: jax.Array, phi_q: jax.Array,
   if mode == "reference":
     return reference_hybrid_attention(q, k, v, phi_q, phi_k, causal=causal, **common)
   if mode == "parallel":
-    return parallel_hybrid_attention(q, k, v, phi_q, phi_k, causal=causal, **common)
+    return parallel_hybrid_attention(q, k, v, phi_q, phi_k, causal=causal, backend=backend,
+                                     **common)
   return scan_hybrid_attention(q, k, v, phi_q, phi_k, **common)

@@ -2,7 +2,9 @@
 
 Softmax part: every chunk attends to its window [To overlap frames ; Tc chunk frames], built
 from static slices so shapes are static; slots before the video start and the padding of a
-shorter last chunk are masked. Scores are [B, chunks, H, Tc*HW, (To+Tc)*HW].
+shorter last chunk are masked. ``window.py`` computes it together with the joint normalisation,
+in XLA (scores [B, chunks, H, Tc*HW, (To+Tc)*HW] materialised) or with the fused Pallas kernel
+(scores stay on chip).
 
 Linear part: per-frame sums phi_k v^T and phi_k, mixed into each chunk's L_t by a static
 0/1 membership matrix [chunks, frames]. Working at frame granularity gets the causal set
@@ -12,14 +14,13 @@ sum over L_t (rather than total minus window) avoids cancellation in the non-cau
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from rehyat_jax.attention.chunking import ChunkGeometry, validate_hybrid_inputs
-from rehyat_jax.attention.numerics import clamp_features, joint_normalise, matmul_precision
+from rehyat_jax.attention.numerics import clamp_features
+from rehyat_jax.attention.window import WindowKernelConfig, window_attention
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -46,27 +47,6 @@ def chunk_windows(x_chunks: jax.Array, geometry: ChunkGeometry) -> jax.Array:
   return stacked[:, :, (earlier * tc - to) * hw:]
 
 
-def window_softmax(q_chunks: jax.Array, k_windows: jax.Array, v_windows: jax.Array,
-                   key_valid: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Unnormalised softmax over each window with c = row max (method.md §2).
-
-  q_chunks [B, C, Tq, H, D], k/v_windows [B, C, Tk, H, D], key_valid bool [C, Tk].
-  Returns a_S [B, C, Tq, H, D] and n_S [B, C, Tq, H], both float32. Scores and stats are
-  float32; the probabilities meet v in v's dtype (flash-attention style) with f32 accumulation.
-  """
-  precision = matmul_precision(q_chunks.dtype)
-  scores = jnp.einsum("bcqhd,bckhd->bchqk", q_chunks, k_windows, precision=precision,
-                      preferred_element_type=jnp.float32)
-  scores = scores * (1.0 / math.sqrt(q_chunks.shape[-1]))
-  scores = jnp.where(key_valid[None, :, None, None, :], scores, -jnp.inf)
-  row_max = jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True))
-  weights = jnp.exp(scores - row_max)  # exactly 0 at invalid keys
-  n_s = jnp.sum(weights, axis=-1).transpose(0, 1, 3, 2)
-  a_s = jnp.einsum("bchqk,bckhd->bcqhd", weights.astype(v_windows.dtype), v_windows,
-                   precision=precision, preferred_element_type=jnp.float32)
-  return a_s, n_s
-
-
 def linear_states(phi_k: jax.Array, v: jax.Array, geometry: ChunkGeometry,
                   causal: bool) -> tuple[jax.Array, jax.Array]:
   """KV_L [B, C, H, D', D] and z_L [B, C, H, D'] of every chunk, float32."""
@@ -85,13 +65,16 @@ def linear_states(phi_k: jax.Array, v: jax.Array, geometry: ChunkGeometry,
 def parallel_hybrid_attention(q: jax.Array, k: jax.Array, v: jax.Array, phi_q: jax.Array,
                               phi_k: jax.Array, *, tokens_per_frame: int, chunk_frames: int,
                               overlap_frames: int, causal: bool,
-                              chunks_per_step: int | None = None) -> jax.Array:
+                              chunks_per_step: int | None = None, backend: str = "auto",
+                              kernel_config: WindowKernelConfig = WindowKernelConfig()
+                              ) -> jax.Array:
   """ReHyAt hybrid attention, chunk-parallel form. Same contract as the reference form.
 
-  ``chunks_per_step``: when set, the window softmax runs through ``lax.map`` over groups of
-  that many chunks and is recomputed group by group in the backward pass (``jax.checkpoint``,
-  flash-attention style), so score memory is one group's in training as well as inference;
-  None processes all chunks at once and keeps their scores for the backward pass.
+  ``backend``: how the softmax window runs (``window.window_attention``): 'xla', 'pallas'
+  (fused kernel) or 'auto'. ``chunks_per_step`` (XLA path, and the pallas backward pass): when
+  set, the window softmax runs through ``lax.map`` over groups of that many chunks and is
+  recomputed group by group in the backward pass (``jax.checkpoint``), so score memory is one
+  group's in training as well as inference; None processes all chunks at once.
   """
   geometry = validate_hybrid_inputs(q, k, v, phi_q, phi_k, tokens_per_frame=tokens_per_frame,
                                     chunk_frames=chunk_frames, overlap_frames=overlap_frames)
@@ -104,33 +87,12 @@ def parallel_hybrid_attention(q: jax.Array, k: jax.Array, v: jax.Array, phi_q: j
   q_chunks = pad_to_chunks(q, geometry)
   k_windows = chunk_windows(pad_to_chunks(k, geometry), geometry)
   v_windows = chunk_windows(pad_to_chunks(v, geometry), geometry)
-  key_valid = jnp.asarray(np.repeat(geometry.window_valid(), tokens_per_frame, axis=1))
-  if chunks_per_step is None:
-    a_s, n_s = window_softmax(q_chunks, k_windows, v_windows, key_valid)
-  else:
-    a_s, n_s = _mapped_window_softmax(q_chunks, k_windows, v_windows, key_valid, chunks_per_step)
-
   kv_l, z_l = linear_states(phi_k, v, geometry, causal)
   phi_q_chunks = pad_to_chunks(phi_q, geometry).astype(jnp.float32)
   lin_num = jnp.einsum("bcqhp,bchpd->bcqhd", phi_q_chunks, kv_l, precision=_HIGHEST)
   lin_den = jnp.einsum("bcqhp,bchp->bcqh", phi_q_chunks, z_l, precision=_HIGHEST)
 
-  out = joint_normalise(a_s, n_s, lin_num, lin_den)
-  return out.reshape(b, geometry.padded_frames * tokens_per_frame, h, d)[:, :n].astype(q.dtype)
-
-
-def _mapped_window_softmax(q_chunks: jax.Array, k_windows: jax.Array, v_windows: jax.Array,
-                           key_valid: jax.Array,
-                           chunks_per_step: int) -> tuple[jax.Array, jax.Array]:
-  """window_softmax one chunk at a time, vectorised over ``chunks_per_step`` chunks."""
-  @jax.checkpoint
-  def one_chunk(args: tuple[jax.Array, ...]) -> tuple[jax.Array, jax.Array]:
-    q_c, k_c, v_c, valid_c = args
-    a_s, n_s = window_softmax(q_c[:, None], k_c[:, None], v_c[:, None], valid_c[None])
-    return a_s[:, 0], n_s[:, 0]
-
-  chunk_major = lambda x: jnp.swapaxes(x, 0, 1)
-  a_s, n_s = jax.lax.map(one_chunk, (chunk_major(q_chunks), chunk_major(k_windows),
-                                     chunk_major(v_windows), key_valid),
-                         batch_size=chunks_per_step)
-  return chunk_major(a_s), chunk_major(n_s)
+  out = window_attention(q_chunks, k_windows, v_windows, lin_num, lin_den, geometry,
+                         backend=backend, chunks_per_step=chunks_per_step,
+                         kernel_config=kernel_config)
+  return out.reshape(b, geometry.padded_frames * tokens_per_frame, h, d)[:, :n]

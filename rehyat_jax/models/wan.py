@@ -22,7 +22,9 @@ from rehyat_jax.attention.config import RehyatConfig
 from rehyat_jax.attention.feature_maps import FeatureMap
 from rehyat_jax.attention.hybrid import hybrid_attention
 from rehyat_jax.attention.scan import RecurrentState, init_recurrent_state, recurrent_chunk_step
+from rehyat_jax.attention.softmax import BACKENDS as SOFTMAX_BACKENDS
 from rehyat_jax.attention.softmax import softmax_attention
+from rehyat_jax.attention.window import BACKENDS as WINDOW_BACKENDS
 from rehyat_jax.models import rope as rope_lib
 from rehyat_jax.models.config import PrecisionPolicy, WanConfig
 from rehyat_jax.models.layers import (AffineLayerNorm, MLP2, PatchEmbed, RMSNorm, annotated_param, dense,
@@ -38,15 +40,24 @@ REMAT_POLICIES: dict[str, Callable | None] = {
 
 @dataclasses.dataclass(frozen=True)
 class RuntimeConfig:
-  """How a model runs (not what it is): precision, layer scan, remat, softmax backend."""
+  """How a model runs (not what it is): precision, layer scan, remat, attention backends.
+
+  ``softmax_backend``: full softmax attention (attention/softmax.py); ``hybrid_backend``: the
+  ReHyAt parallel form's softmax window (attention/window.py: auto | xla | pallas).
+  """
 
   precision: str = "fp32"
   scan_layers: bool = True
   remat: str = "none"
   softmax_backend: str = "auto"
+  hybrid_backend: str = "auto"
 
   def __post_init__(self):
     PrecisionPolicy.named(self.precision)
+    if self.softmax_backend not in SOFTMAX_BACKENDS:
+      raise ValueError(f"unknown softmax_backend {self.softmax_backend!r}; choose one of {SOFTMAX_BACKENDS}")
+    if self.hybrid_backend not in WINDOW_BACKENDS:
+      raise ValueError(f"unknown hybrid_backend {self.hybrid_backend!r}; choose one of {WINDOW_BACKENDS}")
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"unknown remat policy {self.remat!r}; choose one of {sorted(REMAT_POLICIES)}")
 
@@ -91,6 +102,7 @@ class SelfAttention(nnx.Module):
     self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
     self.compute_dtype = p.compute_dtype
     self.softmax_backend = run.softmax_backend
+    self.hybrid_backend = run.hybrid_backend
     self.rehyat = rehyat
     mk = functools.partial(dense, rngs=rngs, param_dtype=p.param_dtype, dtype=p.compute_dtype)
     self.q = mk(cfg.dim, cfg.dim, ("embed", "heads"))
@@ -118,7 +130,8 @@ class SelfAttention(nnx.Module):
     r = self.rehyat
     return hybrid_attention(q, k, v, self.phi_q(phi_inputs[0]), self.phi_k(phi_inputs[1]),
                             tokens_per_frame=geometry.tokens_per_frame, chunk_frames=r.chunk_frames,
-                            overlap_frames=r.overlap_frames, causal=r.causal, mode=r.mode).astype(q.dtype)
+                            overlap_frames=r.overlap_frames, causal=r.causal, mode=r.mode,
+                            backend=self.hybrid_backend).astype(q.dtype)
 
   def __call__(self, x: jnp.ndarray, rope: rope_lib.RopeTables, geometry: Geometry,
                converted: bool | jnp.ndarray = False) -> jnp.ndarray:

@@ -32,7 +32,7 @@ class TrainState(NamedTuple):
 def runtime_config(cfg) -> RuntimeConfig:
   m = cfg.model
   return RuntimeConfig(precision=m.precision, scan_layers=m.scan_layers, remat=m.remat,
-                       softmax_backend=m.softmax_backend)
+                       softmax_backend=m.softmax_backend, hybrid_backend=m.hybrid_backend)
 
 
 def random_teacher(cfg, run: RuntimeConfig, rehyat) -> WanDiT:

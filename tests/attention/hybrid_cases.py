@@ -11,7 +11,8 @@ import numpy as np
 from flax import nnx
 from hypothesis import strategies as st
 
-from rehyat_jax.attention import FeatureMap
+from rehyat_jax.attention import FeatureMap, hybrid_attention, parallel_hybrid_attention
+from rehyat_jax.attention.window import WindowKernelConfig
 
 
 # The tests compile one small program per drawn shape; compile time dominates, and these flags
@@ -110,3 +111,23 @@ def relative_error(actual, expected) -> float:
 
 def tree_relative_errors(actual, expected) -> list[float]:
   return [relative_error(a, e) for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected))]
+
+
+# Every implementation of the one function, by name. 'parallel' is the XLA window softmax;
+# 'parallel_pallas' the fused window kernel (Pallas interpret mode off GPU) with small tiles so
+# that the tiny test windows span several query and key blocks.
+FORMS = ("reference", "parallel", "parallel_pallas", "scan")
+TEST_KERNEL = WindowKernelConfig(block_q=16, block_k=16, num_warps=4)
+FORM_CAUSAL = [("reference", True), ("reference", False), ("parallel", True), ("parallel", False),
+               ("parallel_pallas", True), ("parallel_pallas", False), ("scan", True)]
+
+
+def hybrid(form: str, q, k, v, phi_q, phi_k, *, causal: bool, **chunking) -> jax.Array:
+  """hybrid_attention in one of FORMS."""
+  if form == "parallel_pallas":
+    return parallel_hybrid_attention(q, k, v, phi_q, phi_k, causal=causal, backend="pallas",
+                                     kernel_config=TEST_KERNEL, **chunking)
+  if form == "parallel":
+    return parallel_hybrid_attention(q, k, v, phi_q, phi_k, causal=causal, backend="xla",
+                                     **chunking)
+  return hybrid_attention(q, k, v, phi_q, phi_k, causal=causal, mode=form, **chunking)

@@ -10,14 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hybrid_cases import Case, jit_fast, normal, qkv
-from rehyat_jax.attention import hybrid_attention
+from hybrid_cases import FORM_CAUSAL, Case, hybrid, jit_fast, normal, qkv
 
 CASE = Case(batch=1, frames=7, tokens_per_frame=3, heads=2, head_dim=8, chunk_frames=2,
             overlap_frames=1, causal=True, seed=17)
 PHI_DIM = 6
-MODE_CAUSAL = [("reference", True), ("reference", False), ("parallel", True),
-               ("parallel", False), ("scan", True)]
+MODE_CAUSAL = FORM_CAUSAL
 
 
 PHI_SHAPE = (CASE.batch, CASE.num_tokens, CASE.heads, PHI_DIM)
@@ -36,7 +34,7 @@ def _phi_random(scale: float):
 def _grad_fn(mode: str, causal: bool):
   """One compiled program per form, shared by all scenarios (same shapes)."""
   def loss(q, k, v, phi_q, phi_k):
-    out = hybrid_attention(q, k, v, phi_q, phi_k, causal=causal, mode=mode, **CASE.chunking)
+    out = hybrid(mode, q, k, v, phi_q, phi_k, causal=causal, **CASE.chunking)
     return jnp.sum(out), out
 
   return jit_fast(jax.grad(loss, argnums=tuple(range(5)), has_aux=True))

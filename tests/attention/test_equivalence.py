@@ -1,5 +1,6 @@
-"""parallel == reference (causal and not) and scan == reference (causal) in float32, forward and
-gradients w.r.t. q, k, v, the phi parameters and the phi inputs, over random shapes."""
+"""parallel (XLA and fused-kernel window) == reference (causal and not) and scan == reference
+(causal) in float32, forward and gradients w.r.t. q, k, v, the phi parameters and the phi
+inputs, over random shapes."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import numpy as np
 from flax import nnx
 from hypothesis import given, settings
 
-from hybrid_cases import (Case, apply_phi, cases, cotangent, feature_map, jit_fast, qkv, relative_error,
-                          tree_relative_errors)
+from hybrid_cases import (TEST_KERNEL, Case, apply_phi, cases, cotangent, feature_map, hybrid, jit_fast,
+                          qkv, relative_error, tree_relative_errors)
 from rehyat_jax.attention import (PhiParam, hybrid_attention, parallel_hybrid_attention,
                                   scan_hybrid_attention)
 
@@ -30,8 +31,8 @@ def outputs_and_grads(case: Case, mode: str):
   # hybrid_attention, so one backward pass gives every gradient we compare.
   def loss(q, k, v, phi_params, shift_q, shift_k):
     phi = nnx.merge(graphdef, phi_params)
-    out = hybrid_attention(q, k, v, phi(q) + shift_q, phi(k) + shift_k, causal=case.causal,
-                           mode=mode, **case.chunking)
+    out = hybrid(mode, q, k, v, phi(q) + shift_q, phi(k) + shift_k, causal=case.causal,
+                 **case.chunking)
     return jnp.sum(out * out_cotangent), out
 
   grad_fn = jit_fast(jax.grad(loss, argnums=tuple(range(6)), has_aux=True))
@@ -43,7 +44,7 @@ def outputs_and_grads(case: Case, mode: str):
 @given(cases())
 def test_forms_match_reference(case: Case):
   ref_out, ref_grads = outputs_and_grads(case, "reference")
-  modes = ("parallel", "scan") if case.causal else ("parallel",)
+  modes = ("parallel", "parallel_pallas") + (("scan",) if case.causal else ())
   for mode in modes:
     out, grads = outputs_and_grads(case, mode)
     forward_error = relative_error(out, ref_out)
@@ -53,7 +54,8 @@ def test_forms_match_reference(case: Case):
 
 
 def test_memory_options_match_reference():
-  """parallel with chunks_per_step (mapped + rematerialised) and scan with remat=True."""
+  """parallel with chunks_per_step (mapped + rematerialised; also as the fused kernel's backward)
+  and scan with remat=True."""
   case = Case(batch=2, frames=8, tokens_per_frame=3, heads=2, head_dim=8, chunk_frames=3,
               overlap_frames=2, causal=True, seed=9)
   q, k, v = qkv(case)
@@ -67,6 +69,8 @@ def test_memory_options_match_reference():
   expected = value_and_grads(functools.partial(hybrid_attention, causal=True, mode="reference",
                                                **case.chunking))
   for fn in (functools.partial(parallel_hybrid_attention, causal=True, chunks_per_step=2,
-                               **case.chunking),
+                               backend="xla", **case.chunking),
+             functools.partial(parallel_hybrid_attention, causal=True, chunks_per_step=2,
+                               backend="pallas", kernel_config=TEST_KERNEL, **case.chunking),
              functools.partial(scan_hybrid_attention, remat=True, **case.chunking)):
     assert max(tree_relative_errors(value_and_grads(fn), expected)) <= TOLERANCE

@@ -15,9 +15,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from hybrid_cases import (Case, apply_phi, cotangent, feature_map, jit_fast, qkv, relative_error,
+from hybrid_cases import (Case, apply_phi, cotangent, feature_map, hybrid, jit_fast, qkv, relative_error,
                           tree_relative_errors)
-from rehyat_jax.attention import hybrid_attention
 
 BF16_TOLERANCE = 2e-2
 BF16_GRAD_TOLERANCE = 3e-2
@@ -29,14 +28,16 @@ def _value_and_grads(case: Case, mode: str, dtype):
   out_cotangent = cotangent(case)
 
   def loss(q, k, v):
-    out = hybrid_attention(q, k, v, phi_q, phi_k, causal=case.causal, mode=mode, **case.chunking)
+    out = hybrid(mode, q, k, v, phi_q, phi_k, causal=case.causal, **case.chunking)
     return jnp.sum(out.astype(jnp.float32) * out_cotangent), out
 
   grads, out = jit_fast(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))(q, k, v)
   return out, grads
 
 
-@pytest.mark.parametrize("mode,causal", [("parallel", True), ("parallel", False), ("scan", True)])
+@pytest.mark.parametrize("mode,causal", [("parallel", True), ("parallel", False),
+                                         ("parallel_pallas", True), ("parallel_pallas", False),
+                                         ("scan", True)])
 def test_bf16_close_to_fp32(mode, causal):
   case = Case(batch=2, frames=9, tokens_per_frame=16, heads=2, head_dim=32, chunk_frames=3,
               overlap_frames=1, causal=causal, seed=11)

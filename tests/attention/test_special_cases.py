@@ -9,17 +9,16 @@ import jax
 import numpy as np
 import pytest
 
-from hybrid_cases import Case, apply_phi, feature_map, jit_fast, qkv, relative_error
+from hybrid_cases import FORM_CAUSAL, Case, apply_phi, feature_map, hybrid, jit_fast, qkv, relative_error
 from rehyat_jax.attention import hybrid_attention
 
 TOLERANCE = 1e-5
-MODE_CAUSAL = [("reference", True), ("reference", False), ("parallel", True),
-               ("parallel", False), ("scan", True)]
+MODE_CAUSAL = FORM_CAUSAL
 
 
 def _hybrid(case: Case, mode: str, causal: bool, phi_q, phi_k):
   q, k, v = qkv(case)
-  fn = jit_fast(lambda *xs: hybrid_attention(*xs, causal=causal, mode=mode, **case.chunking))
+  fn = jit_fast(lambda *xs: hybrid(mode, *xs, causal=causal, **case.chunking))
   return fn(q, k, v, phi_q, phi_k)
 
 

@@ -1,0 +1,264 @@
+"""The softmax-window part of the parallel form, with the joint normalisation: XLA and a fused kernel.
+
+``window_attention`` computes, per chunk, y = (a_S + lin_num) / guard(n_S + lin_den) with one of
+two backends: ``xla`` (``window_softmax``: scores materialised, optionally chunk group by chunk
+group) and ``pallas`` (``fused_window_attention``). The fused kernel computes, for every query of every chunk, the whole of method.md §2 that
+involves the softmax window:
+
+    y = (a_S + lin_num) / guard(n_S + lin_den)
+
+where a_S, n_S use c = the exact row max over S_t, and lin_num = phi_q . KV_L, lin_den =
+phi_q . z_L come in precomputed (the cheap O(N D' D) part, left to XLA in ``parallel.py``).
+This is what a flash-attention loop holds at its end (running max m, running sum l,
+accumulator), so the scores never reach device memory. cuDNN's fused attention cannot do this:
+it returns only the log-sum-exp, and the spec's output depends on c itself because the linear
+terms are not rescaled by exp(-c).
+
+The kernel is written for Pallas' Triton lowering (GPU). It also runs in Pallas interpret mode on
+any backend (CPU tests), which is how CI checks it against the reference. The backward pass is
+``jax.vjp`` of the XLA backend through ``jax.custom_vjp``,
+i.e. gradients are exactly those of the XLA parallel form; a fused backward kernel is future
+work (see docs/benchmarks.md).
+
+Layout: q_chunks [B, C, Tq, H, D], k/v_windows [B, C, Tk, H, D] (the overlap frames then the
+chunk; ``parallel.chunk_windows``); inside the kernel the token axes are padded to the block
+sizes and keys outside S_t (before the video start, the padding of a shorter last chunk, block
+padding) are masked from the static chunk geometry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
+import numpy as np
+
+from rehyat_jax.attention.chunking import ChunkGeometry
+from rehyat_jax.attention.numerics import DENOMINATOR_FLOOR, joint_normalise, matmul_precision
+
+_LOG2_E = math.log2(math.e)
+# A finite mask value: exp2(mask - m) underflows to exactly 0 for any finite row max m, and
+# masked-only blocks never occur (every visited key block holds a key of S_t), so no inf - inf.
+_MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowKernelConfig:
+  """Tile sizes and Triton launch parameters of the fused window kernel."""
+
+  block_q: int = 128
+  block_k: int = 64
+  num_warps: int = 8
+  num_stages: int = 2
+
+  def __post_init__(self):
+    for name in ("block_q", "block_k"):
+      value = getattr(self, name)
+      if value < 16 or value & (value - 1):
+        raise ValueError(f"WindowKernelConfig.{name} must be a power of two >= 16, got {value}")
+
+
+def _round_up(x: int, multiple: int) -> int:
+  return -(-x // multiple) * multiple
+
+
+def _window_kernel(q_ref, k_ref, v_ref, lin_num_ref, lin_den_ref, out_ref, *,
+                   geometry: ChunkGeometry, num_chunks: int, config: WindowKernelConfig,
+                   precision: jax.lax.Precision):
+  """One (query block, batch x chunk, head) program: flash loop over the keys of S_t, then §2."""
+  block_q, block_k = config.block_q, config.block_k
+  hw, tc, to = geometry.tokens_per_frame, geometry.chunk_frames, geometry.overlap_frames
+  chunk = pl.program_id(1) % num_chunks
+  # Window slot w of chunk t is frame t*Tc - To + w: valid slots are [key_lo, key_hi).
+  key_lo = jnp.maximum(to - chunk * tc, 0) * hw
+  key_hi = jnp.minimum(to + tc, geometry.num_frames + to - chunk * tc) * hw
+
+  q = q_ref[...]
+  scale = _LOG2_E / math.sqrt(q.shape[-1])  # scores in log2 units: exp2(s2 - m2) = exp(s - c)
+
+  def body(block, carry):
+    acc, row_max, row_sum = carry
+    keys = pl.ds(block * block_k, block_k)
+    k = k_ref[keys, :]
+    scores = pltriton.dot(q, k, trans_b=True, precision=precision) * scale
+    index = block * block_k + jnp.arange(block_k)
+    valid = (index >= key_lo) & (index < key_hi)
+    scores = jnp.where(valid[None, :], scores, _MASK_VALUE)
+    new_max = jnp.maximum(row_max, jnp.max(scores, axis=1))
+    rescale = jnp.exp2(row_max - new_max)
+    weights = jnp.exp2(scores - new_max[:, None])
+    v = v_ref[keys, :]
+    acc = acc * rescale[:, None] + pltriton.dot(weights.astype(v.dtype), v, precision=precision)
+    return acc, new_max, row_sum * rescale + jnp.sum(weights, axis=1)
+
+  first = key_lo // block_k
+  last = (key_hi + block_k - 1) // block_k
+  init = (jnp.zeros((block_q, q.shape[-1]), jnp.float32),
+          jnp.full((block_q,), _MASK_VALUE, jnp.float32), jnp.zeros((block_q,), jnp.float32))
+  a_s, _, n_s = jax.lax.fori_loop(first, last, body, init)
+  # joint_normalise's guard, inlined (numerics.guarded_denominator).
+  den = jnp.maximum(n_s + lin_den_ref[...], DENOMINATOR_FLOOR * n_s)
+  out_ref[...] = ((a_s + lin_num_ref[...]) / den[:, None]).astype(out_ref.dtype)
+
+
+def _pallas_forward(q_chunks, k_windows, v_windows, lin_num, lin_den, geometry: ChunkGeometry,
+                    config: WindowKernelConfig, interpret: bool) -> jax.Array:
+  b, c, tq, h, d = q_chunks.shape
+  tk = k_windows.shape[2]
+  tq_pad, tk_pad = _round_up(tq, config.block_q), _round_up(tk, config.block_k)
+
+  def flat(x, length):  # [B, C, T, ...] -> [B*C, length, ...], zero rows appended
+    pad = [(0, 0)] * x.ndim
+    pad[2] = (0, length - x.shape[2])
+    x = jnp.pad(x, pad)
+    return x.reshape(b * c, length, *x.shape[3:])
+
+  precision = (jax.lax.Precision.HIGHEST if q_chunks.dtype == jnp.float32
+               else jax.lax.Precision.DEFAULT)
+  kernel = functools.partial(_window_kernel, geometry=geometry, num_chunks=c, config=config,
+                             precision=precision)
+  q_block = pl.BlockSpec((None, config.block_q, None, d), lambda i, j, n: (j, i, n, 0))
+  kv_block = pl.BlockSpec((None, tk_pad, None, d), lambda i, j, n: (j, 0, n, 0))
+  den_block = pl.BlockSpec((None, config.block_q, None), lambda i, j, n: (j, i, n))
+  out = pl.pallas_call(
+      kernel,
+      grid=(tq_pad // config.block_q, b * c, h),
+      in_specs=[q_block, kv_block, kv_block, q_block, den_block],
+      out_specs=q_block,
+      out_shape=jax.ShapeDtypeStruct((b * c, tq_pad, h, d), q_chunks.dtype),
+      compiler_params=pltriton.CompilerParams(num_warps=config.num_warps,
+                                              num_stages=config.num_stages),
+      interpret=interpret,
+      name="rehyat_window_attention",
+  )(flat(q_chunks, tq_pad), flat(k_windows, tk_pad), flat(v_windows, tk_pad),
+    flat(lin_num.astype(jnp.float32), tq_pad), flat(lin_den.astype(jnp.float32), tq_pad))
+  return out[:, :tq].reshape(b, c, tq, h, d)
+
+
+def window_softmax(q_chunks: jax.Array, k_windows: jax.Array, v_windows: jax.Array,
+                   key_valid: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Unnormalised softmax over each window with c = row max (method.md §2), in XLA.
+
+  q_chunks [B, C, Tq, H, D], k/v_windows [B, C, Tk, H, D], key_valid bool [C, Tk].
+  Returns a_S [B, C, Tq, H, D] and n_S [B, C, Tq, H], both float32. Scores and stats are
+  float32; the probabilities meet v in v's dtype (flash-attention style) with f32 accumulation.
+  """
+  precision = matmul_precision(q_chunks.dtype)
+  scores = jnp.einsum("bcqhd,bckhd->bchqk", q_chunks, k_windows, precision=precision,
+                      preferred_element_type=jnp.float32)
+  scores = scores * (1.0 / math.sqrt(q_chunks.shape[-1]))
+  scores = jnp.where(key_valid[None, :, None, None, :], scores, -jnp.inf)
+  row_max = jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True))
+  weights = jnp.exp(scores - row_max)  # exactly 0 at invalid keys
+  n_s = jnp.sum(weights, axis=-1).transpose(0, 1, 3, 2)
+  a_s = jnp.einsum("bchqk,bckhd->bcqhd", weights.astype(v_windows.dtype), v_windows,
+                   precision=precision, preferred_element_type=jnp.float32)
+  return a_s, n_s
+
+
+def _mapped_window_softmax(q_chunks: jax.Array, k_windows: jax.Array, v_windows: jax.Array,
+                           key_valid: jax.Array,
+                           chunks_per_step: int) -> tuple[jax.Array, jax.Array]:
+  """window_softmax one chunk at a time, vectorised over ``chunks_per_step`` chunks."""
+  @jax.checkpoint
+  def one_chunk(args: tuple[jax.Array, ...]) -> tuple[jax.Array, jax.Array]:
+    q_c, k_c, v_c, valid_c = args
+    a_s, n_s = window_softmax(q_c[:, None], k_c[:, None], v_c[:, None], valid_c[None])
+    return a_s[:, 0], n_s[:, 0]
+
+  chunk_major = lambda x: jnp.swapaxes(x, 0, 1)
+  a_s, n_s = jax.lax.map(one_chunk, (chunk_major(q_chunks), chunk_major(k_windows),
+                                     chunk_major(v_windows), key_valid),
+                         batch_size=chunks_per_step)
+  return chunk_major(a_s), chunk_major(n_s)
+
+
+def xla_window_attention(q_chunks: jax.Array, k_windows: jax.Array, v_windows: jax.Array,
+                         lin_num: jax.Array, lin_den: jax.Array, geometry: ChunkGeometry,
+                         chunks_per_step: int | None = None) -> jax.Array:
+  """``window_attention`` with the XLA backend, in q's dtype.
+
+  ``chunks_per_step``: None materialises every chunk's scores at once (and keeps them for the
+  backward pass); n runs ``lax.map`` over groups of n chunks and recomputes them group by group
+  in the backward pass (``jax.checkpoint``), so score memory is one group's.
+  """
+  key_valid = jnp.asarray(np.repeat(geometry.window_valid(), geometry.tokens_per_frame, axis=1))
+  if chunks_per_step is None:
+    a_s, n_s = window_softmax(q_chunks, k_windows, v_windows, key_valid)
+  else:
+    a_s, n_s = _mapped_window_softmax(q_chunks, k_windows, v_windows, key_valid, chunks_per_step)
+  return joint_normalise(a_s, n_s, lin_num, lin_den).astype(q_chunks.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
+def fused_window_attention(q_chunks: jax.Array, k_windows: jax.Array, v_windows: jax.Array,
+                           lin_num: jax.Array, lin_den: jax.Array, geometry: ChunkGeometry,
+                           config: WindowKernelConfig = WindowKernelConfig(),
+                           interpret: bool = False,
+                           chunks_per_step: int | None = None) -> jax.Array:
+  """``window_attention`` with the Pallas kernel (gradients: the XLA backend's, see module doc).
+
+  ``interpret`` runs the kernel in Pallas interpret mode (any backend; slow, for tests);
+  ``chunks_per_step`` only shapes the backward pass (``xla_window_attention``).
+  """
+  return _pallas_forward(q_chunks, k_windows, v_windows, lin_num, lin_den, geometry, config,
+                         interpret)
+
+
+def _fused_fwd(q_chunks, k_windows, v_windows, lin_num, lin_den, geometry, config, interpret,
+               chunks_per_step):
+  out = _pallas_forward(q_chunks, k_windows, v_windows, lin_num, lin_den, geometry, config,
+                        interpret)
+  return out, (q_chunks, k_windows, v_windows, lin_num, lin_den)
+
+
+def _fused_bwd(geometry, config, interpret, chunks_per_step, residuals, cotangent):
+  del config, interpret
+  xla = functools.partial(xla_window_attention, geometry=geometry,
+                          chunks_per_step=chunks_per_step)
+  _, vjp = jax.vjp(xla, *residuals)
+  return vjp(cotangent)
+
+
+fused_window_attention.defvjp(_fused_fwd, _fused_bwd)
+
+BACKENDS = ("auto", "xla", "pallas")
+
+
+def resolve_backend(backend: str) -> str:
+  """'auto' -> 'pallas' on a single GPU, 'xla' elsewhere; ValueError for an unknown name.
+
+  A ``pallas_call`` carries no sharding rule, so under a multi-device mesh GSPMD would gather
+  its operands onto every device; until the kernel is wrapped in ``shard_map`` (batch and head
+  axes are independent), 'auto' keeps multi-device runs on XLA. 'pallas' forces the kernel.
+  """
+  if backend not in BACKENDS:
+    raise ValueError(f"unknown hybrid window backend {backend!r}; choose one of {BACKENDS}")
+  if backend == "auto":
+    single_gpu = jax.default_backend() == "gpu" and jax.device_count() == 1
+    return "pallas" if single_gpu else "xla"
+  return backend
+
+
+def window_attention(q_chunks: jax.Array, k_windows: jax.Array, v_windows: jax.Array,
+                     lin_num: jax.Array, lin_den: jax.Array, geometry: ChunkGeometry, *,
+                     backend: str = "auto", chunks_per_step: int | None = None,
+                     kernel_config: WindowKernelConfig = WindowKernelConfig()) -> jax.Array:
+  """y = (a_S + lin_num) / guard(n_S + lin_den) for every chunk window, in q's dtype.
+
+  q_chunks [B, C, Tc*HW, H, D]; k/v_windows [B, C, (To+Tc)*HW, H, D]; lin_num [B, C, Tc*HW,
+  H, D], lin_den [B, C, Tc*HW, H] (float32). ``backend``: 'xla', 'pallas' (the fused kernel;
+  Pallas interpret mode off GPU) or 'auto' (pallas on GPU, else xla).
+  """
+  backend = resolve_backend(backend)
+  if backend == "xla":
+    return xla_window_attention(q_chunks, k_windows, v_windows, lin_num, lin_den, geometry,
+                                chunks_per_step)
+  interpret = jax.default_backend() != "gpu"
+  return fused_window_attention(q_chunks, k_windows, v_windows, lin_num, lin_den, geometry,
+                                kernel_config, interpret, chunks_per_step)
