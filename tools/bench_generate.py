@@ -4,9 +4,15 @@ Builds the four parts in memory with random parameters (Wan2.1-1.3B DiT, umT5-XX
 SentencePiece tokenizer trained here on a few sentences) and runs ``rehyat_jax.generate.generate``
 for: the softmax teacher, a fully recurrent causal ReHyAt student (all 30 blocks, Tc=3, To=1)
 at the same size, and the recurrent student on a long video. Prints seconds per video, seconds
-per denoising step (the second video of each case, after compilation) and peak device memory.
+per denoising step (the last of ``--videos`` videos per case: with the default 2, the second, after
+compilation; with 1, the only one, compilation included) and peak device memory.
+
+All cases run in one process, so the peak-memory column is the peak so far. For each case's own peak,
+run one case per process (umT5-XXL and the VAE are then built in each):
 
   python tools/bench_generate.py --steps 10 --cases teacher:81,recurrent:81,recurrent:321
+  for c in teacher:81 recurrent:81; do python tools/bench_generate.py --steps 50 --cases $c; done
+  python tools/bench_generate.py --steps 50 --videos 1 --cases recurrent:321
   python tools/bench_generate.py --tiny          # CPU smoke run
 """
 
@@ -80,6 +86,20 @@ def build_shared(args):
   return dit_cfg, text_encoder, vae
 
 
+def memory_gib() -> tuple[float, float]:
+  """(bytes in use, peak bytes in use) on the first local device in GiB; zeros where the backend keeps none."""
+  import jax  # pylint: disable=g-import-not-at-top
+  stats = jax.local_devices()[0].memory_stats() or {}
+  return stats.get("bytes_in_use", 0) / 2**30, stats.get("peak_bytes_in_use", 0) / 2**30
+
+
+def versions() -> dict:
+  import flax  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jaxlib  # pylint: disable=g-import-not-at-top
+  return {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__}
+
+
 def run_case(args, case: str, shared, tokenizer_path: Path) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
@@ -100,22 +120,25 @@ def run_case(args, case: str, shared, tokenizer_path: Path) -> dict:
   dit = WanDiT(dit_cfg, RuntimeConfig(precision=args.precision), rehyat, rngs=nnx.Rngs(0))
   tokenizer = UMT5Tokenizer(tokenizer_path, text_len=dit_cfg.text_len)
   pipeline = Pipeline(dit=dit, text_encoder=text_encoder, tokenizer=tokenizer, vae=vae)
-  results = generate(pipeline, ["a cat walks on the grass"] * 2, out_dir=args.out_dir, frames=frames,
+  results = generate(pipeline, ["a cat walks on the grass"] * args.videos, out_dir=args.out_dir, frames=frames,
                      height=args.height, width=args.width, steps=args.steps,
                      attention="softmax" if kind == "teacher" else "rehyat",
                      mode="recurrent" if kind == "recurrent" else "parallel", show_progress=False)
-  stats = jax.local_devices()[0].memory_stats() or {}
+  _, peak = memory_gib()
   steady = results[-1].seconds
-  return {"case": kind, "frames": frames, "steps": args.steps, "first_video_s": results[0].seconds,
-          "video_s": steady, "s_per_step": steady / args.steps,
-          "peak_gib_so_far": stats.get("peak_bytes_in_use", 0) / 2**30,
-          "device": jax.devices()[0].device_kind, "jax": jax.__version__}
+  # With one video the timed video is the first: its time includes compiling the sampler and decoder.
+  return {"case": kind, "frames": frames, "steps": args.steps, "videos": len(results),
+          "first_video_s": results[0].seconds, "video_s": steady, "s_per_step": steady / args.steps,
+          "timed_video_includes_compile": len(results) == 1, "peak_gib_so_far": peak,
+          "device": jax.devices()[0].device_kind, **versions()}
 
 
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--cases", default="teacher:81,recurrent:81,recurrent:321")
   p.add_argument("--steps", type=int, default=10)
+  p.add_argument("--videos", type=int, default=2,
+                 help="videos per case; the last is timed (with 1 its time includes compilation)")
   p.add_argument("--height", type=int, default=480)
   p.add_argument("--width", type=int, default=832)
   p.add_argument("--chunk", type=int, default=3)
@@ -124,17 +147,22 @@ def main():
   p.add_argument("--out-dir", default="/tmp/bench_generate")
   p.add_argument("--tiny", action="store_true")
   args = p.parse_args()
+  if args.videos < 1:
+    p.error(f"--videos must be >= 1; got {args.videos}")
   if args.tiny:
     args.height, args.width, args.steps, args.precision = 32, 32, 2, "fp32"
     if args.cases == p.get_default("cases"):
       args.cases = "teacher:5,recurrent:5,recurrent:13"
   # One process: umT5-XXL and the VAE are built once. The device's peak counter only grows, so each
-  # row's peak is the peak so far (cases run in order of expected memory).
+  # row's peak is the peak so far (cases run in order of expected memory); with one case per process it
+  # is that case's peak (shared parts resident, and any peak of building them, included: printed here).
   rows = []
   writer = use_opencv_writer_if_needed()
   t0 = time.perf_counter()
   shared = build_shared(args)
-  print(f"built shared parts in {time.perf_counter() - t0:.1f}s", flush=True)
+  in_use, peak = memory_gib()
+  print(f"built shared parts in {time.perf_counter() - t0:.1f}s; device memory in use {in_use:.2f} GiB, "
+        f"peak so far {peak:.2f} GiB", flush=True)
   with tempfile.TemporaryDirectory() as tmp:
     tokenizer_path = build_tokenizer(Path(tmp))
     for case in args.cases.split(","):
@@ -145,9 +173,11 @@ def main():
         continue
       print(json.dumps(rows[-1]), flush=True)
   if rows:
-    print(f"\n{rows[0]['device']}, jax {rows[0]['jax']}, {args.height}x{args.width}, {args.steps} steps, CFG 5, "
-          f"UniPC, {args.precision}; random weights; video writer {writer}")
-  print("| case | frames | s / video (2nd) | s / step | first video s (compile) | peak GiB so far |")
+    print(f"\n{rows[0]['device']}, jax {rows[0]['jax']}, jaxlib {rows[0]['jaxlib']}, flax {rows[0]['flax']}, "
+          f"{args.height}x{args.width}, {args.steps} steps, CFG 5, UniPC, {args.precision}; random weights; "
+          f"video writer {writer}")
+  timed = "2nd" if args.videos == 2 else ("only, incl. compile" if args.videos == 1 else f"last of {args.videos}")
+  print(f"| case | frames | s / video ({timed}) | s / step | first video s (compile) | peak GiB so far |")
   print("|---|---|---|---|---|---|")
   for r in rows:
     print(f"| {r['case']} | {r['frames']} | {r['video_s']:.1f} | {r['s_per_step']:.2f} | {r['first_video_s']:.1f} | "
