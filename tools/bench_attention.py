@@ -117,7 +117,8 @@ def chunk_softmax_fused(q, k, v, *, setup: Setup) -> jax.Array:
   k_windows = chunk_windows(pad_to_chunks(k, geometry), geometry)
   v_windows = chunk_windows(pad_to_chunks(v, geometry), geometry)
   zeros = jnp.zeros(q_chunks.shape, jnp.float32)
-  out = window_attention(q_chunks, k_windows, v_windows, zeros, zeros[..., 0], geometry,
+  out = window_attention(q_chunks, k_windows, v_windows, zeros, zeros[..., 0],
+                         geometry.window_key_bounds(),
                          backend="pallas", kernel_config=setup.kernel)
   return out.reshape(q.shape[0], -1, *q.shape[2:])[:, :q.shape[1]]
 

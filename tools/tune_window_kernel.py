@@ -84,7 +84,7 @@ def main(argv: list[str]) -> None:
         (min((t + 1) * geometry.chunk_frames, frames) - t * geometry.chunk_frames)
         * (geometry.softmax_frames(t)[1] - geometry.softmax_frames(t)[0])
         for t in range(geometry.num_chunks)) * args.tokens_per_frame ** 2
-    xla = jax.jit(lambda *x: window_attention(*x, geometry, backend="xla"))
+    xla = jax.jit(lambda *x: window_attention(*x, geometry.window_key_bounds(), backend="xla"))
     expected = np.asarray(xla(*inputs).astype(jnp.float32))
     scale = float(np.max(np.abs(expected)))
     xla_ms = time_ms(xla, inputs, args.reps)
@@ -92,7 +92,7 @@ def main(argv: list[str]) -> None:
     for bq, bk, warps, stages in itertools.product(args.block_q, args.block_k, args.num_warps,
                                                    args.num_stages):
       config = WindowKernelConfig(block_q=bq, block_k=bk, num_warps=warps, num_stages=stages)
-      fused = jax.jit(lambda *x, c=config: window_attention(*x, geometry, backend="pallas",
+      fused = jax.jit(lambda *x, c=config: window_attention(*x, geometry.window_key_bounds(), backend="pallas",
                                                             kernel_config=c))
       try:
         out = np.asarray(fused(*inputs).astype(jnp.float32))

@@ -31,9 +31,9 @@ def hybrid_attention(q: jax.Array, k: jax.Array, v: jax.Array, phi_q: jax.Array,
     overlap_frames: To >= 0, frames before a chunk that join its softmax window.
     causal: linear set = frames before the window (True) or all frames outside it (False).
     mode: 'reference', 'parallel' or 'scan' (causal only).
-    backend: the parallel form's softmax-window implementation: 'xla', 'pallas' (the fused
-      kernel of window.py; interpret mode off GPU) or 'auto' (pallas on one GPU, else xla).
-      Ignored by the other modes.
+    backend: the softmax-window implementation of the parallel and scan forms: 'xla',
+      'pallas' (the fused kernel of window.py; interpret mode off GPU) or 'auto' (pallas on
+      one GPU, else xla). The reference form ignores it.
 
   Returns:
     [B, N, H, D] in q.dtype; sums, statistics and the normalisation run in float32.
@@ -52,4 +52,4 @@ def hybrid_attention(q: jax.Array, k: jax.Array, v: jax.Array, phi_q: jax.Array,
   if mode == "parallel":
     return parallel_hybrid_attention(q, k, v, phi_q, phi_k, causal=causal, backend=backend,
                                      **common)
-  return scan_hybrid_attention(q, k, v, phi_q, phi_k, **common)
+  return scan_hybrid_attention(q, k, v, phi_q, phi_k, backend=backend, **common)

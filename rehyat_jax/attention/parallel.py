@@ -92,7 +92,8 @@ def parallel_hybrid_attention(q: jax.Array, k: jax.Array, v: jax.Array, phi_q: j
   lin_num = jnp.einsum("bcqhp,bchpd->bcqhd", phi_q_chunks, kv_l, precision=_HIGHEST)
   lin_den = jnp.einsum("bcqhp,bchp->bcqh", phi_q_chunks, z_l, precision=_HIGHEST)
 
-  out = window_attention(q_chunks, k_windows, v_windows, lin_num, lin_den, geometry,
+  out = window_attention(q_chunks, k_windows, v_windows, lin_num, lin_den,
+                         geometry.window_key_bounds(),
                          backend=backend, chunks_per_step=chunks_per_step,
                          kernel_config=kernel_config)
   return out.reshape(b, geometry.padded_frames * tokens_per_frame, h, d)[:, :n]

@@ -17,14 +17,14 @@ and for a shorter last chunk (the same step with fewer tokens). Causal only.
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from rehyat_jax.attention.chunking import validate_hybrid_inputs, validate_qkv_phi
-from rehyat_jax.attention.numerics import clamp_features, joint_normalise, matmul_precision
+from rehyat_jax.attention.numerics import clamp_features
+from rehyat_jax.attention.window import window_attention
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -72,9 +72,12 @@ def init_recurrent_state(batch: int, num_heads: int, head_dim: int, phi_dim: int
 
 
 def recurrent_chunk_step(state: RecurrentState, q: jax.Array, k: jax.Array, v: jax.Array,
-                         phi_q: jax.Array, phi_k: jax.Array, *,
-                         tokens_per_frame: int) -> tuple[RecurrentState, jax.Array]:
+                         phi_q: jax.Array, phi_k: jax.Array, *, tokens_per_frame: int,
+                         backend: str = "auto") -> tuple[RecurrentState, jax.Array]:
   """One chunk of causal ReHyAt. q, k, v [B, Tc*HW, H, D], phi [B, Tc*HW, H, D'], any Tc >= 1.
+
+  The softmax window [cache ; chunk] and the joint normalisation run through
+  ``window.window_attention`` with ``backend`` ('auto': the fused kernel on one GPU).
 
   Returns (state after the chunk, output [B, Tc*HW, H, D] in q.dtype).
   """
@@ -88,29 +91,21 @@ def recurrent_chunk_step(state: RecurrentState, q: jax.Array, k: jax.Array, v: j
     raise ValueError(
         f"state kv shape {tuple(state.kv.shape)} does not match [B, H, D', D] of the chunk "
         f"(H={q.shape[2]}, D'={phi_q.shape[-1]}, D={q.shape[-1]})")
-  precision = matmul_precision(q.dtype)
-
   k_buf = jnp.concatenate([state.overlap_k.astype(k.dtype), k], axis=1)
   v_buf = jnp.concatenate([state.overlap_v.astype(v.dtype), v], axis=1)
   phi_k_buf = jnp.concatenate(
       [state.overlap_phi_k.astype(jnp.float32), clamp_features(phi_k).astype(jnp.float32)], axis=1)
   valid_buf = jnp.concatenate([state.overlap_valid, jnp.ones((chunk_tokens,), jnp.bool_)])
 
-  # Softmax over the window, c = row max over valid keys only (method.md §2).
-  scores = jnp.einsum("bqhd,bkhd->bhqk", q, k_buf, precision=precision,
-                      preferred_element_type=jnp.float32)
-  scores = scores * (1.0 / math.sqrt(q.shape[-1]))
-  scores = jnp.where(valid_buf[None, None, None, :], scores, -jnp.inf)
-  row_max = jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True))
-  weights = jnp.exp(scores - row_max)
-  n_s = jnp.sum(weights, axis=-1).transpose(0, 2, 1)
-  a_s = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v_buf.dtype), v_buf, precision=precision,
-                   preferred_element_type=jnp.float32)
-
   phi_q32 = clamp_features(phi_q).astype(jnp.float32)
   lin_num = jnp.einsum("bqhp,bhpd->bqhd", phi_q32, state.kv, precision=_HIGHEST)
   lin_den = jnp.einsum("bqhp,bhp->bqh", phi_q32, state.z, precision=_HIGHEST)
-  out = joint_normalise(a_s, n_s, lin_num, lin_den).astype(q.dtype)
+  # Invalid cache slots (before the video start) are always a prefix of the buffer.
+  first_valid = cached - jnp.sum(state.overlap_valid, dtype=jnp.int32)
+  key_bounds = jnp.stack([first_valid, jnp.int32(cached + chunk_tokens)])[None]
+  one_chunk = lambda x: x[:, None]
+  out = window_attention(one_chunk(q), one_chunk(k_buf), one_chunk(v_buf), one_chunk(lin_num),
+                         one_chunk(lin_den), key_bounds, backend=backend)[:, 0]
 
   leaving = valid_buf[:chunk_tokens].astype(jnp.float32)[None, :, None, None]
   phi_leaving = phi_k_buf[:, :chunk_tokens] * leaving
@@ -128,9 +123,11 @@ def recurrent_chunk_step(state: RecurrentState, q: jax.Array, k: jax.Array, v: j
 
 def scan_hybrid_attention(q: jax.Array, k: jax.Array, v: jax.Array, phi_q: jax.Array,
                           phi_k: jax.Array, *, tokens_per_frame: int, chunk_frames: int,
-                          overlap_frames: int, remat: bool = False) -> jax.Array:
+                          overlap_frames: int, remat: bool = False,
+                          backend: str = "auto") -> jax.Array:
   """Causal ReHyAt as an RNN over chunks: lax.scan over the full chunks, then one more step
   for a shorter last chunk. Same contract as the reference form with causal=True.
+  ``backend``: the step's window implementation (``recurrent_chunk_step``).
 
   ``remat``: recompute each chunk's softmax in the backward pass (``jax.checkpoint`` on the
   step), so training memory stays one chunk's whatever the length; off, the scan keeps every
@@ -142,7 +139,8 @@ def scan_hybrid_attention(q: jax.Array, k: jax.Array, v: jax.Array, phi_q: jax.A
   state = init_recurrent_state(b, h, d, phi_q.shape[-1], tokens_per_frame=tokens_per_frame,
                                overlap_frames=overlap_frames, dtype=k.dtype)
   step = lambda carry, chunk: recurrent_chunk_step(carry, *chunk,
-                                                   tokens_per_frame=tokens_per_frame)
+                                                   tokens_per_frame=tokens_per_frame,
+                                                   backend=backend)
   if remat:
     step = jax.checkpoint(step)
   chunk_tokens = chunk_frames * tokens_per_frame

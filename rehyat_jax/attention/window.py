@@ -21,9 +21,10 @@ i.e. gradients are exactly those of the XLA parallel form; a fused backward kern
 work (see docs/benchmarks.md).
 
 Layout: q_chunks [B, C, Tq, H, D], k/v_windows [B, C, Tk, H, D] (the overlap frames then the
-chunk; ``parallel.chunk_windows``); inside the kernel the token axes are padded to the block
-sizes and keys outside S_t (before the video start, the padding of a shorter last chunk, block
-padding) are masked from the static chunk geometry.
+chunk: ``parallel.chunk_windows``, or the recurrent step's [cache ; chunk] buffer), and int32
+key bounds [C, 2]: window slots [lo_c, hi_c) hold keys of S_t. Inside the kernel the token axes
+are padded to the block sizes; slots outside the bounds and block padding are masked, and key
+blocks wholly outside them are skipped.
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 import numpy as np
 
-from rehyat_jax.attention.chunking import ChunkGeometry
 from rehyat_jax.attention.numerics import DENOMINATOR_FLOOR, joint_normalise, matmul_precision
 
 _LOG2_E = math.log2(math.e)
@@ -67,16 +67,11 @@ def _round_up(x: int, multiple: int) -> int:
   return -(-x // multiple) * multiple
 
 
-def _window_kernel(q_ref, k_ref, v_ref, lin_num_ref, lin_den_ref, out_ref, *,
-                   geometry: ChunkGeometry, num_chunks: int, config: WindowKernelConfig,
-                   precision: jax.lax.Precision):
+def _window_kernel(q_ref, k_ref, v_ref, lin_num_ref, lin_den_ref, bounds_ref, out_ref, *,
+                   config: WindowKernelConfig, precision: jax.lax.Precision):
   """One (query block, batch x chunk, head) program: flash loop over the keys of S_t, then §2."""
   block_q, block_k = config.block_q, config.block_k
-  hw, tc, to = geometry.tokens_per_frame, geometry.chunk_frames, geometry.overlap_frames
-  chunk = pl.program_id(1) % num_chunks
-  # Window slot w of chunk t is frame t*Tc - To + w: valid slots are [key_lo, key_hi).
-  key_lo = jnp.maximum(to - chunk * tc, 0) * hw
-  key_hi = jnp.minimum(to + tc, geometry.num_frames + to - chunk * tc) * hw
+  key_lo, key_hi = bounds_ref[0], bounds_ref[1]  # the valid window slots are [key_lo, key_hi)
 
   q = q_ref[...]
   scale = _LOG2_E / math.sqrt(q.shape[-1])  # scores in log2 units: exp2(s2 - m2) = exp(s - c)
@@ -106,7 +101,7 @@ def _window_kernel(q_ref, k_ref, v_ref, lin_num_ref, lin_den_ref, out_ref, *,
   out_ref[...] = ((a_s + lin_num_ref[...]) / den[:, None]).astype(out_ref.dtype)
 
 
-def _pallas_forward(q_chunks, k_windows, v_windows, lin_num, lin_den, geometry: ChunkGeometry,
+def _pallas_forward(q_chunks, k_windows, v_windows, lin_num, lin_den, key_bounds,
                     config: WindowKernelConfig, interpret: bool) -> jax.Array:
   b, c, tq, h, d = q_chunks.shape
   tk = k_windows.shape[2]
@@ -120,15 +115,15 @@ def _pallas_forward(q_chunks, k_windows, v_windows, lin_num, lin_den, geometry: 
 
   precision = (jax.lax.Precision.HIGHEST if q_chunks.dtype == jnp.float32
                else jax.lax.Precision.DEFAULT)
-  kernel = functools.partial(_window_kernel, geometry=geometry, num_chunks=c, config=config,
-                             precision=precision)
+  kernel = functools.partial(_window_kernel, config=config, precision=precision)
   q_block = pl.BlockSpec((None, config.block_q, None, d), lambda i, j, n: (j, i, n, 0))
   kv_block = pl.BlockSpec((None, tk_pad, None, d), lambda i, j, n: (j, 0, n, 0))
   den_block = pl.BlockSpec((None, config.block_q, None), lambda i, j, n: (j, i, n))
+  bounds_block = pl.BlockSpec((None, 2), lambda i, j, n: (j % c, 0))
   out = pl.pallas_call(
       kernel,
       grid=(tq_pad // config.block_q, b * c, h),
-      in_specs=[q_block, kv_block, kv_block, q_block, den_block],
+      in_specs=[q_block, kv_block, kv_block, q_block, den_block, bounds_block],
       out_specs=q_block,
       out_shape=jax.ShapeDtypeStruct((b * c, tq_pad, h, d), q_chunks.dtype),
       compiler_params=pltriton.CompilerParams(num_warps=config.num_warps,
@@ -136,7 +131,8 @@ def _pallas_forward(q_chunks, k_windows, v_windows, lin_num, lin_den, geometry: 
       interpret=interpret,
       name="rehyat_window_attention",
   )(flat(q_chunks, tq_pad), flat(k_windows, tk_pad), flat(v_windows, tk_pad),
-    flat(lin_num.astype(jnp.float32), tq_pad), flat(lin_den.astype(jnp.float32), tq_pad))
+    flat(lin_num.astype(jnp.float32), tq_pad), flat(lin_den.astype(jnp.float32), tq_pad),
+    jnp.asarray(key_bounds, jnp.int32))
   return out[:, :tq].reshape(b, c, tq, h, d)
 
 
@@ -178,8 +174,14 @@ def _mapped_window_softmax(q_chunks: jax.Array, k_windows: jax.Array, v_windows:
   return chunk_major(a_s), chunk_major(n_s)
 
 
+def key_valid_from_bounds(key_bounds: jax.Array, window_tokens: int) -> jax.Array:
+  """bool [C, Tk] from int [C, 2] bounds: slot j of chunk c is valid iff lo_c <= j < hi_c."""
+  slot = jnp.arange(window_tokens)[None, :]
+  return (slot >= key_bounds[:, :1]) & (slot < key_bounds[:, 1:])
+
+
 def xla_window_attention(q_chunks: jax.Array, k_windows: jax.Array, v_windows: jax.Array,
-                         lin_num: jax.Array, lin_den: jax.Array, geometry: ChunkGeometry,
+                         lin_num: jax.Array, lin_den: jax.Array, key_bounds: jax.Array,
                          chunks_per_step: int | None = None) -> jax.Array:
   """``window_attention`` with the XLA backend, in q's dtype.
 
@@ -187,7 +189,7 @@ def xla_window_attention(q_chunks: jax.Array, k_windows: jax.Array, v_windows: j
   backward pass); n runs ``lax.map`` over groups of n chunks and recomputes them group by group
   in the backward pass (``jax.checkpoint``), so score memory is one group's.
   """
-  key_valid = jnp.asarray(np.repeat(geometry.window_valid(), geometry.tokens_per_frame, axis=1))
+  key_valid = key_valid_from_bounds(jnp.asarray(key_bounds), k_windows.shape[2])
   if chunks_per_step is None:
     a_s, n_s = window_softmax(q_chunks, k_windows, v_windows, key_valid)
   else:
@@ -195,9 +197,9 @@ def xla_window_attention(q_chunks: jax.Array, k_windows: jax.Array, v_windows: j
   return joint_normalise(a_s, n_s, lin_num, lin_den).astype(q_chunks.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8))
 def fused_window_attention(q_chunks: jax.Array, k_windows: jax.Array, v_windows: jax.Array,
-                           lin_num: jax.Array, lin_den: jax.Array, geometry: ChunkGeometry,
+                           lin_num: jax.Array, lin_den: jax.Array, key_bounds: jax.Array,
                            config: WindowKernelConfig = WindowKernelConfig(),
                            interpret: bool = False,
                            chunks_per_step: int | None = None) -> jax.Array:
@@ -206,23 +208,23 @@ def fused_window_attention(q_chunks: jax.Array, k_windows: jax.Array, v_windows:
   ``interpret`` runs the kernel in Pallas interpret mode (any backend; slow, for tests);
   ``chunks_per_step`` only shapes the backward pass (``xla_window_attention``).
   """
-  return _pallas_forward(q_chunks, k_windows, v_windows, lin_num, lin_den, geometry, config,
+  return _pallas_forward(q_chunks, k_windows, v_windows, lin_num, lin_den, key_bounds, config,
                          interpret)
 
 
-def _fused_fwd(q_chunks, k_windows, v_windows, lin_num, lin_den, geometry, config, interpret,
+def _fused_fwd(q_chunks, k_windows, v_windows, lin_num, lin_den, key_bounds, config, interpret,
                chunks_per_step):
-  out = _pallas_forward(q_chunks, k_windows, v_windows, lin_num, lin_den, geometry, config,
+  out = _pallas_forward(q_chunks, k_windows, v_windows, lin_num, lin_den, key_bounds, config,
                         interpret)
-  return out, (q_chunks, k_windows, v_windows, lin_num, lin_den)
+  return out, (q_chunks, k_windows, v_windows, lin_num, lin_den, key_bounds)
 
 
-def _fused_bwd(geometry, config, interpret, chunks_per_step, residuals, cotangent):
+def _fused_bwd(config, interpret, chunks_per_step, residuals, cotangent):
   del config, interpret
-  xla = functools.partial(xla_window_attention, geometry=geometry,
-                          chunks_per_step=chunks_per_step)
-  _, vjp = jax.vjp(xla, *residuals)
-  return vjp(cotangent)
+  *differentiable, key_bounds = residuals
+  xla = lambda *xs: xla_window_attention(*xs, key_bounds, chunks_per_step)
+  _, vjp = jax.vjp(xla, *differentiable)
+  return (*vjp(cotangent), None)  # integer bounds: no cotangent
 
 
 fused_window_attention.defvjp(_fused_fwd, _fused_bwd)
@@ -246,19 +248,22 @@ def resolve_backend(backend: str) -> str:
 
 
 def window_attention(q_chunks: jax.Array, k_windows: jax.Array, v_windows: jax.Array,
-                     lin_num: jax.Array, lin_den: jax.Array, geometry: ChunkGeometry, *,
+                     lin_num: jax.Array, lin_den: jax.Array, key_bounds: jax.Array, *,
                      backend: str = "auto", chunks_per_step: int | None = None,
                      kernel_config: WindowKernelConfig = WindowKernelConfig()) -> jax.Array:
   """y = (a_S + lin_num) / guard(n_S + lin_den) for every chunk window, in q's dtype.
 
   q_chunks [B, C, Tc*HW, H, D]; k/v_windows [B, C, (To+Tc)*HW, H, D]; lin_num [B, C, Tc*HW,
-  H, D], lin_den [B, C, Tc*HW, H] (float32). ``backend``: 'xla', 'pallas' (the fused kernel;
-  Pallas interpret mode off GPU) or 'auto' (pallas on GPU, else xla).
+  H, D], lin_den [B, C, Tc*HW, H] (float32); key_bounds int32 [C, 2] (static or traced):
+  window slots [lo_c, hi_c) of chunk c hold keys of S_t, the others (before the video start,
+  padding of a shorter last chunk) are masked. ``backend``: 'xla', 'pallas' (the fused kernel;
+  Pallas interpret mode off GPU) or 'auto' (pallas on one GPU, else xla).
   """
   backend = resolve_backend(backend)
   if backend == "xla":
-    return xla_window_attention(q_chunks, k_windows, v_windows, lin_num, lin_den, geometry,
+    return xla_window_attention(q_chunks, k_windows, v_windows, lin_num, lin_den, key_bounds,
                                 chunks_per_step)
   interpret = jax.default_backend() != "gpu"
-  return fused_window_attention(q_chunks, k_windows, v_windows, lin_num, lin_den, geometry,
-                                kernel_config, interpret, chunks_per_step)
+  return fused_window_attention(q_chunks, k_windows, v_windows, lin_num, lin_den,
+                                jnp.asarray(key_bounds, jnp.int32), kernel_config, interpret,
+                                chunks_per_step)

@@ -178,7 +178,8 @@ class SelfAttention(nnx.Module):
     """One chunk of the causal ReHyAt RNN; ``x`` holds the chunk's tokens only."""
     q, k, v, phi_inputs = self.qkv(x, rope)
     state, out = recurrent_chunk_step(state, q, k, v, self.phi_q(phi_inputs[0]), self.phi_k(phi_inputs[1]),
-                                      tokens_per_frame=geometry.tokens_per_frame)
+                                      tokens_per_frame=geometry.tokens_per_frame,
+                                      backend=self.hybrid_backend)
     return self.o(out.astype(q.dtype).reshape(*x.shape[:2], -1)), state
 
   def initial_state(self, batch: int, geometry: Geometry) -> RecurrentState:

@@ -113,13 +113,14 @@ def tree_relative_errors(actual, expected) -> list[float]:
   return [relative_error(a, e) for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected))]
 
 
-# Every implementation of the one function, by name. 'parallel' is the XLA window softmax;
-# 'parallel_pallas' the fused window kernel (Pallas interpret mode off GPU) with small tiles so
-# that the tiny test windows span several query and key blocks.
-FORMS = ("reference", "parallel", "parallel_pallas", "scan")
+# Every implementation of the one function, by name. 'parallel' and 'scan' use the XLA window
+# softmax; the '_pallas' forms the fused window kernel (Pallas interpret mode off GPU) with
+# small tiles so that the tiny test windows span several query and key blocks.
+FORMS = ("reference", "parallel", "parallel_pallas", "scan", "scan_pallas")
 TEST_KERNEL = WindowKernelConfig(block_q=16, block_k=16, num_warps=4)
 FORM_CAUSAL = [("reference", True), ("reference", False), ("parallel", True), ("parallel", False),
-               ("parallel_pallas", True), ("parallel_pallas", False), ("scan", True)]
+               ("parallel_pallas", True), ("parallel_pallas", False), ("scan", True),
+               ("scan_pallas", True)]
 
 
 def hybrid(form: str, q, k, v, phi_q, phi_k, *, causal: bool, **chunking) -> jax.Array:
@@ -130,4 +131,8 @@ def hybrid(form: str, q, k, v, phi_q, phi_k, *, causal: bool, **chunking) -> jax
   if form == "parallel":
     return parallel_hybrid_attention(q, k, v, phi_q, phi_k, causal=causal, backend="xla",
                                      **chunking)
+  if form in ("scan", "scan_pallas"):
+    backend = "pallas" if form == "scan_pallas" else "xla"
+    return hybrid_attention(q, k, v, phi_q, phi_k, causal=causal, mode="scan", backend=backend,
+                            **chunking)
   return hybrid_attention(q, k, v, phi_q, phi_k, causal=causal, mode=form, **chunking)

@@ -13,7 +13,7 @@ from rehyat_jax.attention import hybrid_attention, init_recurrent_state, recurre
 from rehyat_jax.attention.numerics import clamp_features
 
 
-def _run_by_hand(case: Case, dtype=jnp.float32):
+def _run_by_hand(case: Case, dtype=jnp.float32, backend: str = "xla"):
   q, k, v = qkv(case, dtype)
   phi = feature_map(case)
   phi_q, phi_k = apply_phi(phi, q, k)
@@ -21,21 +21,22 @@ def _run_by_hand(case: Case, dtype=jnp.float32):
   state = init_recurrent_state(case.batch, case.heads, case.head_dim, phi.output_dim,
                                tokens_per_frame=hw, overlap_frames=case.overlap_frames,
                                dtype=dtype)
-  step = jit_fast(recurrent_chunk_step, static_argnames="tokens_per_frame")
+  step = jit_fast(recurrent_chunk_step, static_argnames=("tokens_per_frame", "backend"))
   outs = []
   for start in range(0, case.num_tokens, tc * hw):
     chunk = tuple(x[:, start:start + tc * hw] for x in (q, k, v, phi_q, phi_k))
-    state, out = step(state, *chunk, tokens_per_frame=hw)
+    state, out = step(state, *chunk, tokens_per_frame=hw, backend=backend)
     outs.append(out)
   return (q, k, v, phi_q, phi_k), state, jnp.concatenate(outs, axis=1)
 
 
+@pytest.mark.parametrize("backend", ["xla", "pallas"])
 @pytest.mark.parametrize("frames,chunk_frames,overlap_frames",
                          [(7, 3, 1), (7, 2, 3), (6, 3, 0), (2, 4, 2)])
-def test_hand_driven_steps_match_reference_and_state(frames, chunk_frames, overlap_frames):
+def test_hand_driven_steps_match_reference_and_state(frames, chunk_frames, overlap_frames, backend):
   case = Case(batch=2, frames=frames, tokens_per_frame=2, heads=2, head_dim=4,
               chunk_frames=chunk_frames, overlap_frames=overlap_frames, causal=True, seed=21)
-  (q, k, v, phi_q, phi_k), state, out = _run_by_hand(case)
+  (q, k, v, phi_q, phi_k), state, out = _run_by_hand(case, backend=backend)
   expected = jit_fast(lambda *xs: hybrid_attention(*xs, causal=True, mode="reference",
                                                    **case.chunking))(q, k, v, phi_q, phi_k)
   assert relative_error(out, expected) <= 1e-5
