@@ -14,6 +14,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from rehyat_jax.attention.kernel_sharding import map_over_batch_and_heads
+
 BACKENDS = ("auto", "xla", "cudnn", "splash")
 
 
@@ -65,5 +67,9 @@ def _splash(q, k, v, interpret: bool):
 
 
 def splash_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray) -> jnp.ndarray:
-  """TPU splash attention; interpret mode off TPU. Sequence lengths must be multiples of 128 or short."""
-  return _splash(q, k, v, interpret=jax.default_backend() != "tpu")
+  """TPU splash attention; interpret mode off TPU. Sequence lengths must be multiples of 128 or short.
+
+  Runs per batch/head shard of the context mesh (``kernel_sharding``)."""
+  kernel = functools.partial(_splash, interpret=jax.default_backend() != "tpu")
+  per_token = (0, 2)  # [B, T, H, D]
+  return map_over_batch_and_heads(kernel, (q, k, v), (per_token,) * 3, per_token)

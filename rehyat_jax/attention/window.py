@@ -39,6 +39,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 import numpy as np
 
+from rehyat_jax.attention.kernel_sharding import context_mesh_size, map_over_batch_and_heads
 from rehyat_jax.attention.numerics import DENOMINATOR_FLOOR, joint_normalise, matmul_precision
 
 _LOG2_E = math.log2(math.e)
@@ -237,17 +238,18 @@ BACKENDS = ("auto", "xla", "pallas")
 
 
 def resolve_backend(backend: str) -> str:
-  """'auto' -> 'pallas' on a single GPU, 'xla' elsewhere; ValueError for an unknown name.
+  """'auto' -> 'pallas' on GPU, 'xla' elsewhere; ValueError for an unknown name.
 
-  A ``pallas_call`` carries no sharding rule, so under a multi-device mesh GSPMD would gather
-  its operands onto every device; until the kernel is wrapped in ``shard_map`` (batch and head
-  axes are independent), 'auto' keeps multi-device runs on XLA. 'pallas' forces the kernel.
+  With several devices 'auto' picks the kernel only under a context mesh (``jax.set_mesh``)
+  covering them, where it runs per batch/head shard (``kernel_sharding``); without one GSPMD
+  would gather the kernel's operands onto every device, so XLA is used. 'pallas' forces it.
   """
   if backend not in BACKENDS:
     raise ValueError(f"unknown hybrid window backend {backend!r}; choose one of {BACKENDS}")
   if backend == "auto":
-    single_gpu = jax.default_backend() == "gpu" and jax.device_count() == 1
-    return "pallas" if single_gpu else "xla"
+    on_gpu = jax.default_backend() == "gpu"
+    sharded_or_single = jax.device_count() in (1, context_mesh_size())
+    return "pallas" if on_gpu and sharded_or_single else "xla"
   return backend
 
 
@@ -260,14 +262,17 @@ def window_attention(q_chunks: jax.Array, k_windows: jax.Array, v_windows: jax.A
   q_chunks [B, C, Tc*HW, H, D]; k/v_windows [B, C, (To+Tc)*HW, H, D]; lin_num [B, C, Tc*HW,
   H, D], lin_den [B, C, Tc*HW, H] (float32); key_bounds int32 [C, 2] (static or traced):
   window slots [lo_c, hi_c) of chunk c hold keys of S_t, the others (before the video start,
-  padding of a shorter last chunk) are masked. ``backend``: 'xla', 'pallas' (the fused kernel;
-  Pallas interpret mode off GPU) or 'auto' (pallas on one GPU, else xla).
+  padding of a shorter last chunk) are masked. ``backend``: 'xla', 'pallas' (the fused kernel,
+  per batch/head shard of the context mesh; Pallas interpret mode off GPU) or 'auto'
+  (``resolve_backend``).
   """
   backend = resolve_backend(backend)
   if backend == "xla":
     return xla_window_attention(q_chunks, k_windows, v_windows, lin_num, lin_den, key_bounds,
                                 chunks_per_step)
   interpret = jax.default_backend() != "gpu"
-  return fused_window_attention(q_chunks, k_windows, v_windows, lin_num, lin_den,
-                                jnp.asarray(key_bounds, jnp.int32), kernel_config, interpret,
-                                chunks_per_step)
+  kernel = lambda *xs: fused_window_attention(*xs, kernel_config, interpret, chunks_per_step)
+  per_token = (0, 3)  # [B, C, T, H, ...]: batch and head dims
+  return map_over_batch_and_heads(
+      kernel, (q_chunks, k_windows, v_windows, lin_num, lin_den, jnp.asarray(key_bounds, jnp.int32)),
+      (per_token,) * 5 + (None,), per_token)

@@ -19,6 +19,12 @@ from typing import Sequence
 
 from flax import nnx
 
+# Mesh axes of every run (train/mesh.py builds the mesh): batch over data and fsdp, attention
+# heads and FFN width over tensor. Kernels without sharding rules (Pallas) map over the same axes.
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+HEAD_AXIS = "tensor"
+
 LOGICAL_AXES = ("embed", "embed_out", "heads", "mlp", "text_embed", "modulation", "patch_in", "norm", "layers",
                 "vocab", "relpos_buckets", "conv_in", "conv_out")
 

@@ -67,9 +67,15 @@ def run(cfg) -> dict:
   """Train for ``cfg.train.steps`` steps (resuming from the workdir's latest checkpoint); returns a summary."""
   initialize_distributed(cfg.mesh)
   check_config(cfg, jax.device_count(), jax.process_count())
+  mesh = make_mesh(cfg.mesh)
+  # The context mesh lets Pallas attention kernels run per batch/head shard (attention/kernel_sharding.py).
+  with jax.set_mesh(mesh):
+    return _train(cfg, mesh)
+
+
+def _train(cfg, mesh) -> dict:
   workdir = checkpointing.run_path(cfg.workdir)  # local or gs://
   is_main = jax.process_index() == 0
-  mesh = make_mesh(cfg.mesh)
   model = build_model(cfg, mesh)
   check_config(cfg, jax.device_count(), jax.process_count(), num_layers=model.cfg.num_layers)
   if cfg.model.phi_checkpoint:

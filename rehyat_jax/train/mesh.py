@@ -10,8 +10,7 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-MESH_AXES = ("data", "fsdp", "tensor")
-BATCH_AXES = ("data", "fsdp")
+from rehyat_jax.models.sharding import BATCH_AXES, MESH_AXES  # noqa: F401 (re-exported)
 
 
 def initialize_distributed(mesh_cfg) -> None:

@@ -1,0 +1,69 @@
+"""Child process of test_kernel_sharding.py: 8 simulated CPU devices, a (2, 1, 4) mesh.
+
+Prints one JSON line: errors of the Pallas kernels run per shard under ``jax.set_mesh`` against
+the XLA forms on one device, and whether the kernels were wrapped in shard_map.
+"""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from rehyat_jax.attention import parallel_hybrid_attention
+from rehyat_jax.attention.softmax import splash_attention
+from rehyat_jax.attention.window import WindowKernelConfig
+
+jax.config.update("jax_enable_x64", False)
+mesh = Mesh(np.asarray(jax.devices()).reshape(2, 1, 4), ("data", "fsdp", "tensor"),
+            axis_types=(AxisType.Auto,) * 3)
+per_token = NamedSharding(mesh, P(("data", "fsdp"), None, "tensor", None))
+rng = np.random.default_rng(0)
+kernel = WindowKernelConfig(block_q=16, block_k=16, num_warps=4, num_stages=2)
+
+
+def rel(a, b):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+
+def hybrid_case(heads):
+  shape, phi_shape = (2, 5 * 8, heads, 16), (2, 5 * 8, heads, 8)
+  args = [rng.standard_normal(shape).astype(np.float32) for _ in range(3)]
+  args += [0.3 * rng.standard_normal(phi_shape).astype(np.float32) for _ in range(2)]
+
+  def form(backend):
+    return lambda *xs: parallel_hybrid_attention(*xs, tokens_per_frame=8, chunk_frames=2,
+                                                 overlap_frames=1, causal=True, backend=backend,
+                                                 kernel_config=kernel)
+
+  cotangent = rng.standard_normal(shape).astype(np.float32)
+
+  def value_and_grads(fn):
+    loss = lambda *xs: jnp.sum(fn(*xs) * cotangent)
+    return jax.value_and_grad(loss, argnums=tuple(range(5)), has_aux=False)
+
+  expected = jax.jit(value_and_grads(form("xla")))(*args)
+  layout = per_token if heads % 4 == 0 else NamedSharding(mesh, P(("data", "fsdp")))
+  sharded = [jax.device_put(x, layout) for x in args]
+  with jax.set_mesh(mesh):
+    actual = jax.jit(value_and_grads(form("pallas")))(*sharded)
+    jaxpr = str(jax.make_jaxpr(form("pallas"))(*sharded))
+  errors = [rel(a, e) for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected))]
+  return {"max_error": max(errors), "errors": errors, "shard_map": "shard_map" in jaxpr,
+          "grad_sharding": str(actual[1][0].sharding.spec)}
+
+
+def splash_case():
+  q, k, v = (rng.standard_normal((2, 128, 4, 16)).astype(np.float32) for _ in range(3))
+  expected = jax.nn.dot_product_attention(q, k, v, implementation="xla")
+  sharded = [jax.device_put(x, per_token) for x in (q, k, v)]
+  with jax.set_mesh(mesh):
+    actual = jax.jit(splash_attention)(*sharded)
+    jaxpr = str(jax.make_jaxpr(splash_attention)(*sharded))
+  return {"max_error": rel(actual, expected), "shard_map": "shard_map" in jaxpr}
+
+
+print(json.dumps({"hybrid_heads_4": hybrid_case(4), "hybrid_heads_3": hybrid_case(3),
+                  "splash": splash_case()}))
