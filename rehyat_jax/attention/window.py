@@ -37,49 +37,23 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
-import numpy as np
 
 from rehyat_jax.attention.kernel_sharding import context_mesh_size, map_over_batch_and_heads
 from rehyat_jax.attention.numerics import DENOMINATOR_FLOOR, joint_normalise, matmul_precision
-
-_LOG2_E = math.log2(math.e)
-# A finite mask value: exp2(mask - m) underflows to exactly 0 for any finite row max m, and
-# masked-only blocks never occur (every visited key block holds a key of S_t), so no inf - inf.
-_MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+from rehyat_jax.attention.window_backward import fused_window_backward
+from rehyat_jax.attention.window_kernel_common import (LOG2_E, MASK_VALUE, WindowKernelConfig,
+                                                       kernel_precision, pad_flat, round_up)
 
 
-@dataclasses.dataclass(frozen=True)
-class WindowKernelConfig:
-  """Tile sizes and Triton launch parameters of the fused window kernel.
-
-  Defaults: the fastest of a 16-point sweep (block_q 64/128, block_k 64/128, 4/8 warps, 2/3
-  stages) at Wan2.1-1.3B heads, 21 latent frames, bf16, on an H200 (docs/benchmarks.md).
-  """
-
-  block_q: int = 128
-  block_k: int = 64
-  num_warps: int = 4
-  num_stages: int = 2
-
-  def __post_init__(self):
-    for name in ("block_q", "block_k"):
-      value = getattr(self, name)
-      if value < 16 or value & (value - 1):
-        raise ValueError(f"WindowKernelConfig.{name} must be a power of two >= 16, got {value}")
-
-
-def _round_up(x: int, multiple: int) -> int:
-  return -(-x // multiple) * multiple
-
-
-def _window_kernel(q_ref, k_ref, v_ref, lin_num_ref, lin_den_ref, bounds_ref, out_ref, *,
-                   config: WindowKernelConfig, precision: jax.lax.Precision):
+def _window_kernel(q_ref, k_ref, v_ref, lin_num_ref, lin_den_ref, bounds_ref, out_ref,
+                   row_max_ref, row_sum_ref, *, config: WindowKernelConfig,
+                   precision: jax.lax.Precision):
   """One (query block, batch x chunk, head) program: flash loop over the keys of S_t, then §2."""
   block_q, block_k = config.block_q, config.block_k
   key_lo, key_hi = bounds_ref[0], bounds_ref[1]  # the valid window slots are [key_lo, key_hi)
 
   q = q_ref[...]
-  scale = _LOG2_E / math.sqrt(q.shape[-1])  # scores in log2 units: exp2(s2 - m2) = exp(s - c)
+  scale = LOG2_E / math.sqrt(q.shape[-1])  # scores in log2 units: exp2(s2 - m2) = exp(s - c)
 
   def body(block, carry):
     acc, row_max, row_sum = carry
@@ -88,7 +62,7 @@ def _window_kernel(q_ref, k_ref, v_ref, lin_num_ref, lin_den_ref, bounds_ref, ou
     scores = pltriton.dot(q, k, trans_b=True, precision=precision) * scale
     index = block * block_k + jnp.arange(block_k)
     valid = (index >= key_lo) & (index < key_hi)
-    scores = jnp.where(valid[None, :], scores, _MASK_VALUE)
+    scores = jnp.where(valid[None, :], scores, MASK_VALUE)
     new_max = jnp.maximum(row_max, jnp.max(scores, axis=1))
     rescale = jnp.exp2(row_max - new_max)
     weights = jnp.exp2(scores - new_max[:, None])
@@ -99,38 +73,37 @@ def _window_kernel(q_ref, k_ref, v_ref, lin_num_ref, lin_den_ref, bounds_ref, ou
   first = key_lo // block_k
   last = (key_hi + block_k - 1) // block_k
   init = (jnp.zeros((block_q, q.shape[-1]), jnp.float32),
-          jnp.full((block_q,), _MASK_VALUE, jnp.float32), jnp.zeros((block_q,), jnp.float32))
-  a_s, _, n_s = jax.lax.fori_loop(first, last, body, init)
+          jnp.full((block_q,), MASK_VALUE, jnp.float32), jnp.zeros((block_q,), jnp.float32))
+  a_s, row_max, n_s = jax.lax.fori_loop(first, last, body, init)
   # joint_normalise's guard, inlined (numerics.guarded_denominator).
   den = jnp.maximum(n_s + lin_den_ref[...], DENOMINATOR_FLOOR * n_s)
   out_ref[...] = ((a_s + lin_num_ref[...]) / den[:, None]).astype(out_ref.dtype)
+  # Residuals of the fused backward pass: c in log2 units and n_S.
+  row_max_ref[...] = row_max
+  row_sum_ref[...] = n_s
 
 
 def _pallas_forward(q_chunks, k_windows, v_windows, lin_num, lin_den, key_bounds,
-                    config: WindowKernelConfig, interpret: bool) -> jax.Array:
+                    config: WindowKernelConfig, interpret: bool):
+  """Output [B, C, Tq, H, D] and the residuals row max (log2 units) and n_S, [B, C, Tq, H]."""
   b, c, tq, h, d = q_chunks.shape
   tk = k_windows.shape[2]
-  tq_pad, tk_pad = _round_up(tq, config.block_q), _round_up(tk, config.block_k)
+  tq_pad, tk_pad = round_up(tq, config.block_q), round_up(tk, config.block_k)
 
-  def flat(x, length):  # [B, C, T, ...] -> [B*C, length, ...], zero rows appended
-    pad = [(0, 0)] * x.ndim
-    pad[2] = (0, length - x.shape[2])
-    x = jnp.pad(x, pad)
-    return x.reshape(b * c, length, *x.shape[3:])
-
-  precision = (jax.lax.Precision.HIGHEST if q_chunks.dtype == jnp.float32
-               else jax.lax.Precision.DEFAULT)
-  kernel = functools.partial(_window_kernel, config=config, precision=precision)
+  flat = pad_flat
+  kernel = functools.partial(_window_kernel, config=config,
+                             precision=kernel_precision(q_chunks.dtype))
   q_block = pl.BlockSpec((None, config.block_q, None, d), lambda i, j, n: (j, i, n, 0))
   kv_block = pl.BlockSpec((None, tk_pad, None, d), lambda i, j, n: (j, 0, n, 0))
   den_block = pl.BlockSpec((None, config.block_q, None), lambda i, j, n: (j, i, n))
   bounds_block = pl.BlockSpec((None, 2), lambda i, j, n: (j % c, 0))
-  out = pl.pallas_call(
+  stats = jax.ShapeDtypeStruct((b * c, tq_pad, h), jnp.float32)
+  out, row_max, row_sum = pl.pallas_call(
       kernel,
       grid=(tq_pad // config.block_q, b * c, h),
       in_specs=[q_block, kv_block, kv_block, q_block, den_block, bounds_block],
-      out_specs=q_block,
-      out_shape=jax.ShapeDtypeStruct((b * c, tq_pad, h, d), q_chunks.dtype),
+      out_specs=[q_block, den_block, den_block],
+      out_shape=[jax.ShapeDtypeStruct((b * c, tq_pad, h, d), q_chunks.dtype), stats, stats],
       compiler_params=pltriton.CompilerParams(num_warps=config.num_warps,
                                               num_stages=config.num_stages),
       interpret=interpret,
@@ -138,7 +111,8 @@ def _pallas_forward(q_chunks, k_windows, v_windows, lin_num, lin_den, key_bounds
   )(flat(q_chunks, tq_pad), flat(k_windows, tk_pad), flat(v_windows, tk_pad),
     flat(lin_num.astype(jnp.float32), tq_pad), flat(lin_den.astype(jnp.float32), tq_pad),
     jnp.asarray(key_bounds, jnp.int32))
-  return out[:, :tq].reshape(b, c, tq, h, d)
+  unflat = lambda x: x[:, :tq].reshape(b, c, tq, *x.shape[2:])
+  return unflat(out), unflat(row_max), unflat(row_sum)
 
 
 def window_softmax(q_chunks: jax.Array, k_windows: jax.Array, v_windows: jax.Array,
@@ -214,19 +188,22 @@ def fused_window_attention(q_chunks: jax.Array, k_windows: jax.Array, v_windows:
   ``chunks_per_step`` only shapes the backward pass (``xla_window_attention``).
   """
   return _pallas_forward(q_chunks, k_windows, v_windows, lin_num, lin_den, key_bounds, config,
-                         interpret)
+                         interpret)[0]
 
 
 def _fused_fwd(q_chunks, k_windows, v_windows, lin_num, lin_den, key_bounds, config, interpret,
                chunks_per_step):
-  out = _pallas_forward(q_chunks, k_windows, v_windows, lin_num, lin_den, key_bounds, config,
-                        interpret)
-  return out, (q_chunks, k_windows, v_windows, lin_num, lin_den, key_bounds)
+  out, row_max, row_sum = _pallas_forward(q_chunks, k_windows, v_windows, lin_num, lin_den,
+                                          key_bounds, config, interpret)
+  inputs = (q_chunks, k_windows, v_windows, lin_num, lin_den, key_bounds)
+  return out, (inputs, (out, row_max, row_sum) if config.backward == "pallas" else None)
 
 
 def _fused_bwd(config, interpret, chunks_per_step, residuals, cotangent):
-  del config, interpret
-  *differentiable, key_bounds = residuals
+  inputs, kernel_residuals = residuals
+  if config.backward == "pallas":
+    return (*fused_window_backward(inputs, kernel_residuals, cotangent, config, interpret), None)
+  *differentiable, key_bounds = inputs
   xla = lambda *xs: xla_window_attention(*xs, key_bounds, chunks_per_step)
   _, vjp = jax.vjp(xla, *differentiable)
   return (*vjp(cotangent), None)  # integer bounds: no cotangent
@@ -234,7 +211,8 @@ def _fused_bwd(config, interpret, chunks_per_step, residuals, cotangent):
 
 fused_window_attention.defvjp(_fused_fwd, _fused_bwd)
 
-BACKENDS = ("auto", "xla", "pallas")
+# 'pallas_bwd': the fused kernel for the backward pass too (EXPERIMENTAL, window_backward.py).
+BACKENDS = ("auto", "xla", "pallas", "pallas_bwd")
 
 
 def resolve_backend(backend: str) -> str:
@@ -263,13 +241,16 @@ def window_attention(q_chunks: jax.Array, k_windows: jax.Array, v_windows: jax.A
   H, D], lin_den [B, C, Tc*HW, H] (float32); key_bounds int32 [C, 2] (static or traced):
   window slots [lo_c, hi_c) of chunk c hold keys of S_t, the others (before the video start,
   padding of a shorter last chunk) are masked. ``backend``: 'xla', 'pallas' (the fused kernel,
-  per batch/head shard of the context mesh; Pallas interpret mode off GPU) or 'auto'
+  per batch/head shard of the context mesh; Pallas interpret mode off GPU; XLA backward),
+  'pallas_bwd' (the fused backward kernels as well; experimental) or 'auto'
   (``resolve_backend``).
   """
   backend = resolve_backend(backend)
   if backend == "xla":
     return xla_window_attention(q_chunks, k_windows, v_windows, lin_num, lin_den, key_bounds,
                                 chunks_per_step)
+  if backend == "pallas_bwd":
+    kernel_config = dataclasses.replace(kernel_config, backward="pallas")
   interpret = jax.default_backend() != "gpu"
   kernel = lambda *xs: fused_window_attention(*xs, kernel_config, interpret, chunks_per_step)
   per_token = (0, 3)  # [B, C, T, H, ...]: batch and head dims

@@ -44,7 +44,8 @@ def outputs_and_grads(case: Case, mode: str):
 @given(cases())
 def test_forms_match_reference(case: Case):
   ref_out, ref_grads = outputs_and_grads(case, "reference")
-  modes = ("parallel", "parallel_pallas") + (("scan", "scan_pallas") if case.causal else ())
+  modes = ("parallel", "parallel_pallas", "parallel_pallas_bwd") + (
+      ("scan", "scan_pallas") if case.causal else ())
   for mode in modes:
     out, grads = outputs_and_grads(case, mode)
     forward_error = relative_error(out, ref_out)

@@ -1,0 +1,153 @@
+"""Fused backward pass of the window kernel (flash-attention-2 style): no scores in device memory.
+
+EXPERIMENTAL: selected with ``WindowKernelConfig(backward='pallas')``; tested against the XLA
+backward in Pallas interpret mode (CPU CI), not yet compiled or timed on a GPU.
+
+Per query row the forward computed (method.md §2, c the row max, p_j = exp(s_j - c)):
+
+    a = sum_j p_j v_j,  n = sum_j p_j,  den = max(n + w, F n),  y = (a + u) / den
+
+with u = lin_num, w = lin_den and F = DENOMINATOR_FLOOR. Given dy, with g = 1 where the guard is
+inactive (n + w >= F n) and F otherwise:
+
+    du = da = dy / den                      dden = -(dy . y) / den
+    dn = g * dden                           dw = dden where the guard is inactive, else 0
+    dv_j += p_j da,   ds_j = p_j (da . v_j + dn),   dq = scale sum_j ds_j k_j,   dk_j += scale ds_j q
+
+c is a stop-gradient constant (as in every form), so p_j is recomputed from the saved row max.
+The row-wise quantities (da, dn, du, dw) are cheap XLA; two kernels recompute the scores tile by
+tile: one per query block for dq (loop over the window's keys), one per key block for dk and dv
+(loop over the chunk's queries). Ties at the guard (n + w == F n exactly) take the unguarded
+branch here, where ``jnp.maximum`` would split the gradient; that set has measure zero.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
+
+from rehyat_jax.attention.numerics import DENOMINATOR_FLOOR
+from rehyat_jax.attention.window_kernel_common import (LOG2_E, MASK_VALUE, WindowKernelConfig,
+                                                       kernel_precision, pad_flat, round_up)
+
+
+def _weights(q, k, row_max, key_index, key_lo, key_hi, scale, precision):
+  """p = exp(s - c) of a [block_q, block_k] tile, 0 at keys outside [key_lo, key_hi)."""
+  scores = pltriton.dot(q, k, trans_b=True, precision=precision) * scale
+  valid = (key_index >= key_lo) & (key_index < key_hi)
+  scores = jnp.where(valid[None, :], scores, MASK_VALUE)
+  return jnp.exp2(scores - row_max[:, None])
+
+
+def _dq_kernel(q_ref, k_ref, v_ref, da_ref, dn_ref, row_max_ref, bounds_ref, dq_ref, *,
+               config: WindowKernelConfig, precision):
+  """One (query block, batch x chunk, head) program: dq over the keys of the window."""
+  block_k = config.block_k
+  key_lo, key_hi = bounds_ref[0], bounds_ref[1]
+  q, da, dn, row_max = q_ref[...], da_ref[...], dn_ref[...], row_max_ref[...]
+  scale2 = LOG2_E / math.sqrt(q.shape[-1])
+
+  def body(block, dq):
+    keys = pl.ds(block * block_k, block_k)
+    k, v = k_ref[keys, :], v_ref[keys, :]
+    weights = _weights(q, k, row_max, block * block_k + jnp.arange(block_k), key_lo, key_hi,
+                       scale2, precision)
+    dp = pltriton.dot(da.astype(v.dtype), v, trans_b=True, precision=precision) + dn[:, None]
+    ds = weights * dp
+    return dq + pltriton.dot(ds.astype(k.dtype), k, precision=precision)
+
+  first, last = key_lo // block_k, (key_hi + block_k - 1) // block_k
+  dq = jax.lax.fori_loop(first, last, body, jnp.zeros(q.shape, jnp.float32))
+  dq_ref[...] = (dq * (1.0 / math.sqrt(q.shape[-1]))).astype(dq_ref.dtype)
+
+
+def _dkv_kernel(q_ref, k_ref, v_ref, da_ref, dn_ref, row_max_ref, bounds_ref, dk_ref, dv_ref, *,
+                config: WindowKernelConfig, precision, query_blocks: int):
+  """One (key block, batch x chunk, head) program: dk, dv over the chunk's queries."""
+  block_q, block_k = config.block_q, config.block_k
+  key_lo, key_hi = bounds_ref[0], bounds_ref[1]
+  k, v = k_ref[...], v_ref[...]
+  key_index = pl.program_id(0) * block_k + jnp.arange(block_k)
+  scale2 = LOG2_E / math.sqrt(k.shape[-1])
+
+  def body(block, carry):
+    dk, dv = carry
+    rows = pl.ds(block * block_q, block_q)
+    q, da = q_ref[rows, :], da_ref[rows, :]
+    dn, row_max = dn_ref[rows], row_max_ref[rows]
+    weights = _weights(q, k, row_max, key_index, key_lo, key_hi, scale2, precision)
+    dv = dv + pltriton.dot(weights.astype(v.dtype), da.astype(v.dtype), trans_a=True,
+                           precision=precision)
+    dp = pltriton.dot(da.astype(v.dtype), v, trans_b=True, precision=precision) + dn[:, None]
+    ds = weights * dp
+    dk = dk + pltriton.dot(ds.astype(q.dtype), q, trans_a=True, precision=precision)
+    return dk, dv
+
+  zeros = jnp.zeros(k.shape, jnp.float32)
+  dk, dv = jax.lax.fori_loop(0, query_blocks, body, (zeros, zeros))
+  dk_ref[...] = (dk * (1.0 / math.sqrt(k.shape[-1]))).astype(dk_ref.dtype)
+  dv_ref[...] = dv.astype(dv_ref.dtype)
+
+
+def fused_window_backward(inputs, kernel_residuals, cotangent, config: WindowKernelConfig,
+                          interpret: bool):
+  """Cotangents of (q_chunks, k_windows, v_windows, lin_num, lin_den) for ``cotangent``."""
+  q_chunks, k_windows, v_windows, lin_num, lin_den, key_bounds = inputs
+  out, row_max, row_sum = kernel_residuals
+  b, c, tq, h, d = q_chunks.shape
+  tk = k_windows.shape[2]
+
+  # Row-wise part of the chain rule (module docstring).
+  unguarded = row_sum + lin_den >= DENOMINATOR_FLOOR * row_sum
+  den = jnp.where(unguarded, row_sum + lin_den, DENOMINATOR_FLOOR * row_sum)
+  dy = cotangent.astype(jnp.float32)
+  da = dy / den[..., None]
+  dden = -jnp.sum(dy * out.astype(jnp.float32), axis=-1) / den
+  dn = jnp.where(unguarded, dden, DENOMINATOR_FLOOR * dden)
+  dlin_den = jnp.where(unguarded, dden, 0.0)
+
+  tq_pad, tk_pad = round_up(tq, config.block_q), round_up(tk, config.block_k)
+  precision = kernel_precision(q_chunks.dtype)
+  params = pltriton.CompilerParams(num_warps=config.num_warps, num_stages=config.num_stages)
+  bounds = jnp.asarray(key_bounds, jnp.int32)
+  q_flat, da_flat = pad_flat(q_chunks, tq_pad), pad_flat(da, tq_pad)
+  dn_flat, max_flat = pad_flat(dn, tq_pad), pad_flat(row_max, tq_pad)
+  k_flat, v_flat = pad_flat(k_windows, tk_pad), pad_flat(v_windows, tk_pad)
+  operands = (q_flat, k_flat, v_flat, da_flat, dn_flat, max_flat, bounds)
+
+  whole = lambda length: pl.BlockSpec((None, length, None, d), lambda i, j, n: (j, 0, n, 0))
+  whole_rows = pl.BlockSpec((None, tq_pad, None), lambda i, j, n: (j, 0, n))
+  bounds_block = pl.BlockSpec((None, 2), lambda i, j, n: (j % c, 0))
+
+  q_tile = pl.BlockSpec((None, config.block_q, None, d), lambda i, j, n: (j, i, n, 0))
+  row_tile = pl.BlockSpec((None, config.block_q, None), lambda i, j, n: (j, i, n))
+  dq = pl.pallas_call(
+      functools.partial(_dq_kernel, config=config, precision=precision),
+      grid=(tq_pad // config.block_q, b * c, h),
+      in_specs=[q_tile, whole(tk_pad), whole(tk_pad), q_tile, row_tile, row_tile, bounds_block],
+      out_specs=q_tile,
+      out_shape=jax.ShapeDtypeStruct(q_flat.shape, q_chunks.dtype),
+      compiler_params=params, interpret=interpret, name="rehyat_window_dq",
+  )(*operands)
+
+  k_tile = pl.BlockSpec((None, config.block_k, None, d), lambda i, j, n: (j, i, n, 0))
+  dk, dv = pl.pallas_call(
+      functools.partial(_dkv_kernel, config=config, precision=precision,
+                        query_blocks=tq_pad // config.block_q),
+      grid=(tk_pad // config.block_k, b * c, h),
+      in_specs=[whole(tq_pad), k_tile, k_tile, whole(tq_pad), whole_rows, whole_rows,
+                bounds_block],
+      out_specs=[k_tile, k_tile],
+      out_shape=[jax.ShapeDtypeStruct(k_flat.shape, k_windows.dtype),
+                 jax.ShapeDtypeStruct(v_flat.shape, v_windows.dtype)],
+      compiler_params=params, interpret=interpret, name="rehyat_window_dkv",
+  )(*operands)
+
+  unflat = lambda x, length: x[:, :length].reshape(b, c, length, *x.shape[2:])
+  return (unflat(dq, tq), unflat(dk, tk), unflat(dv, tk), da.astype(lin_num.dtype),
+          dlin_den.astype(lin_den.dtype))
