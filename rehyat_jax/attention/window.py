@@ -40,7 +40,7 @@ from jax.experimental.pallas import triton as pltriton
 
 from rehyat_jax.attention.kernel_sharding import context_mesh_size, map_over_batch_and_heads
 from rehyat_jax.attention.numerics import DENOMINATOR_FLOOR, joint_normalise, matmul_precision
-from rehyat_jax.attention.window_backward import fused_window_backward
+from rehyat_jax.attention.window_backward import fused_qkv_cotangents, row_cotangents
 from rehyat_jax.attention.window_kernel_common import (LOG2_E, MASK_VALUE, WindowKernelConfig,
                                                        kernel_precision, pad_flat, round_up)
 
@@ -196,17 +196,23 @@ def _fused_fwd(q_chunks, k_windows, v_windows, lin_num, lin_den, key_bounds, con
   out, row_max, row_sum = _pallas_forward(q_chunks, k_windows, v_windows, lin_num, lin_den,
                                           key_bounds, config, interpret)
   inputs = (q_chunks, k_windows, v_windows, lin_num, lin_den, key_bounds)
-  return out, (inputs, (out, row_max, row_sum) if config.backward == "pallas" else None)
+  return out, (inputs, (out, row_max, row_sum))
 
 
 def _fused_bwd(config, interpret, chunks_per_step, residuals, cotangent):
-  inputs, kernel_residuals = residuals
+  (q_chunks, k_windows, v_windows, lin_num, lin_den, key_bounds), (out, row_max, row_sum) = residuals
+  # The linear branch's cotangents are row-wise; only dq, dk, dv need the scores again.
+  da, dn, dlin_den = row_cotangents(out, row_sum, lin_den, cotangent)
   if config.backward == "pallas":
-    return (*fused_window_backward(inputs, kernel_residuals, cotangent, config, interpret), None)
-  *differentiable, key_bounds = inputs
-  xla = lambda *xs: xla_window_attention(*xs, key_bounds, chunks_per_step)
-  _, vjp = jax.vjp(xla, *differentiable)
-  return (*vjp(cotangent), None)  # integer bounds: no cotangent
+    dq, dk, dv = fused_qkv_cotangents(q_chunks, k_windows, v_windows, key_bounds, row_max, da, dn,
+                                      config, interpret)
+  else:
+    xla = lambda q, k, v: xla_window_attention(q, k, v, lin_num, lin_den, key_bounds,
+                                               chunks_per_step)
+    _, vjp = jax.vjp(xla, q_chunks, k_windows, v_windows)
+    dq, dk, dv = vjp(cotangent)
+  # Integer key bounds get no cotangent.
+  return dq, dk, dv, da.astype(lin_num.dtype), dlin_den.astype(lin_den.dtype), None
 
 
 fused_window_attention.defvjp(_fused_fwd, _fused_bwd)

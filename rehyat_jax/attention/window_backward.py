@@ -15,8 +15,8 @@ inactive (n + w >= F n) and F otherwise:
     dv_j += p_j da,   ds_j = p_j (da . v_j + dn),   dq = scale sum_j ds_j k_j,   dk_j += scale ds_j q
 
 c is a stop-gradient constant (as in every form), so p_j is recomputed from the saved row max.
-The row-wise quantities (da, dn, du, dw) are cheap XLA; two kernels recompute the scores tile by
-tile: one per query block for dq (loop over the window's keys), one per key block for dk and dv
+The row-wise quantities (da, dn, du, dw) are cheap XLA (``row_cotangents``, also used with
+the XLA backward); two kernels recompute the scores tile by tile (``fused_qkv_cotangents``): one per query block for dq (loop over the window's keys), one per key block for dk and dv
 (loop over the chunk's queries). Ties at the guard (n + w == F n exactly) take the unguarded
 branch here, where ``jnp.maximum`` would split the gradient; that set has measure zero.
 """
@@ -94,15 +94,12 @@ def _dkv_kernel(q_ref, k_ref, v_ref, da_ref, dn_ref, row_max_ref, bounds_ref, dk
   dv_ref[...] = dv.astype(dv_ref.dtype)
 
 
-def fused_window_backward(inputs, kernel_residuals, cotangent, config: WindowKernelConfig,
-                          interpret: bool):
-  """Cotangents of (q_chunks, k_windows, v_windows, lin_num, lin_den) for ``cotangent``."""
-  q_chunks, k_windows, v_windows, lin_num, lin_den, key_bounds = inputs
-  out, row_max, row_sum = kernel_residuals
-  b, c, tq, h, d = q_chunks.shape
-  tk = k_windows.shape[2]
+def row_cotangents(out, row_sum, lin_den, cotangent):
+  """The row-wise part of the chain rule (module docstring): da (= du), dn and dw, float32.
 
-  # Row-wise part of the chain rule (module docstring).
+  Needs only the forward's output and n_S, so the linear branch's cotangents (all that stage-1
+  distillation needs: q, k, v are frozen there) cost O(N D) whatever computes dq, dk, dv.
+  """
   unguarded = row_sum + lin_den >= DENOMINATOR_FLOOR * row_sum
   den = jnp.where(unguarded, row_sum + lin_den, DENOMINATOR_FLOOR * row_sum)
   dy = cotangent.astype(jnp.float32)
@@ -110,6 +107,14 @@ def fused_window_backward(inputs, kernel_residuals, cotangent, config: WindowKer
   dden = -jnp.sum(dy * out.astype(jnp.float32), axis=-1) / den
   dn = jnp.where(unguarded, dden, DENOMINATOR_FLOOR * dden)
   dlin_den = jnp.where(unguarded, dden, 0.0)
+  return da, dn, dlin_den
+
+
+def fused_qkv_cotangents(q_chunks, k_windows, v_windows, key_bounds, row_max, da, dn,
+                         config: WindowKernelConfig, interpret: bool):
+  """dq, dk, dv from the row-wise cotangents, recomputing the scores tile by tile."""
+  b, c, tq, h, d = q_chunks.shape
+  tk = k_windows.shape[2]
 
   tq_pad, tk_pad = round_up(tq, config.block_q), round_up(tk, config.block_k)
   precision = kernel_precision(q_chunks.dtype)
@@ -149,5 +154,4 @@ def fused_window_backward(inputs, kernel_residuals, cotangent, config: WindowKer
   )(*operands)
 
   unflat = lambda x, length: x[:, :length].reshape(b, c, length, *x.shape[2:])
-  return (unflat(dq, tq), unflat(dk, tk), unflat(dv, tk), da.astype(lin_num.dtype),
-          dlin_den.astype(lin_den.dtype))
+  return unflat(dq, tq), unflat(dk, tk), unflat(dv, tk)
