@@ -54,24 +54,8 @@ after GRACE_SECONDS (default 120).
 EOF
 }
 
-die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 2; }
-note() { printf '%s: %s\n' "$PROG" "$*" >&2; }
-
-quote() {
-  local s=$1 sq="'\\''"
-  case $s in
-    '' | *[!A-Za-z0-9_@%+=:,./-]*) printf "'%s'" "${s//\'/$sq}" ;;
-    *) printf '%s' "$s" ;;
-  esac
-}
-quote_words() {
-  local out="" w
-  for w in "$@"; do out="$out${out:+ }$(quote "$w")"; done
-  printf '%s' "$out"
-}
-show_line() {
-  if [ "$DRY_RUN" = 1 ]; then printf '+ %s\n' "$1"; else printf '+ %s\n' "$1" >&2; fi
-}
+# shellcheck source=launch/lib.sh
+source "$REPO/launch/lib.sh"
 
 CONFIG=${CONFIG:-configs/distill_wan_1_3b.py}
 WORKDIR=${WORKDIR:-}
@@ -85,7 +69,6 @@ GRACE_SECONDS=${GRACE_SECONDS:-120}
 DRY_RUN=0
 TRAIN_ARGS=()
 
-need_value() { [ "$2" -ge 2 ] || die "$1 needs a value"; }
 while [ $# -gt 0 ]; do
   case $1 in
     --config.*) ;;
@@ -109,7 +92,6 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-is_count() { [[ $1 =~ ^[1-9][0-9]*$ ]]; }
 cd "$REPO"
 config_file=${CONFIG%%:*}
 [ -f "$config_file" ] || die "CONFIG file not found: $config_file (paths are relative to $REPO)"

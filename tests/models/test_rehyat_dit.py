@@ -73,7 +73,7 @@ def test_converted_blocks_select_which_blocks_change():
   # scanned (lax.cond per layer) and unscanned (static) mixed stacks agree given the same phi
   scanned = student(RehyatConfig(chunk_frames=1, converted_blocks=(1,), feature_map=SMALL_PHI), True, tree)
   unscanned = student(RehyatConfig(chunk_frames=1, converted_blocks=(1,), feature_map=SMALL_PHI), False, tree)
-  phi = nnx.state(scanned, PhiParam).to_pure_dict()["blocks"]["self_attn"]
+  phi = nnx.to_pure_dict(nnx.state(scanned, PhiParam))["blocks"]["self_attn"]
   per_layer = {i: {"self_attn": jax.tree_util.tree_map(lambda a, i=i: a[i], phi)} for i in range(WAN_TINY.num_layers)}
   target = nnx.state(unscanned, PhiParam)
   nnx.replace_by_pure_dict(target, {"blocks": per_layer})
@@ -162,7 +162,7 @@ def test_distill_forward_follows_the_teacher_and_measures_each_block(scan_layers
   graphdef, phi, rest = nnx.split(model, PhiParam, ...)
   loss = lambda phi, rest: jnp.sum(nnx.merge(graphdef, phi, rest).distill_forward(*args)[1]["l1"])
   grads = jax.grad(loss)(phi, rest)
-  g = grads.to_pure_dict()["blocks"]
+  g = nnx.to_pure_dict(grads)["blocks"]
   g = g["self_attn"] if scan_layers else {i: g[i]["self_attn"] for i in g}
   w1 = np.asarray(g["phi_q"]["w1"]) if scan_layers else np.stack([np.asarray(g[i]["phi_q"]["w1"]) for i in g])
   assert np.abs(w1[0]).max() == 0 and np.abs(w1[1]).max() > 0

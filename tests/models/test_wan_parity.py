@@ -113,5 +113,5 @@ def test_load_pretrained_student_keeps_teacher_weights(tiny):
   student = load_pretrained(ckpt, rehyat=RehyatConfig(feature_map=FeatureMapConfig(hidden=8, feature_dim=4)))
   a, b = canonical_params(teacher), canonical_params(student)
   np.testing.assert_array_equal(a["blocks"]["self_attn"]["q"]["kernel"], b["blocks"]["self_attn"]["q"]["kernel"])
-  phi = nnx.state(student, PhiParam).to_pure_dict()["blocks"]["self_attn"]["phi_q"]["w1"]
+  phi = nnx.to_pure_dict(nnx.state(student, PhiParam))["blocks"]["self_attn"]["phi_q"]["w1"]
   assert np.abs(np.asarray(phi)).max() > 0
