@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from rehyat_jax.attention.chunking import ChunkGeometry, validate_hybrid_inputs
 from rehyat_jax.attention.numerics import clamp_features

@@ -27,19 +27,17 @@ import datetime
 import json
 import os
 import time
-import zipfile
 from pathlib import Path
 from typing import Any, Callable, Literal
 
 import jax
-import ml_dtypes
 import numpy as np
 from flax import nnx
 
 from rehyat_jax.convert.key_table import TargetSlot, Transform, source_shape, tree_get
-from rehyat_jax.convert.safetensors_source import (DTYPE_NAMES, INDEX_SUFFIX, CheckpointError,
-                                                   open_safetensors_source, read_tensor)
-from rehyat_jax.convert.wan_dit import (CONFIG_FILE, PARAMS_DIR, TARGET_DTYPES, copy_into, restore_params,
+from rehyat_jax.convert.safetensors_source import INDEX_SUFFIX, CheckpointError
+from rehyat_jax.convert.tensor_source import TORCH_SUFFIXES, TensorSource, open_safetensors, open_torch_file
+from rehyat_jax.convert.wan_dit import (CONFIG_FILE, SOURCE_FLOAT_DTYPES, PARAMS_DIR, TARGET_DTYPES, copy_into, restore_params,
                                         write_converted)
 from rehyat_jax.models import sharding as sharding_lib
 from rehyat_jax.models.config import PrecisionPolicy
@@ -52,8 +50,6 @@ Entry = tuple[tuple[str, ...], Transform]
 
 LAYOUTS: tuple[Layout, ...] = ("transformers", "wan")
 WAN_T5_FILENAME = "models_t5_umt5-xxl-enc-bf16.pth"
-TORCH_SUFFIXES = (".pth", ".pt", ".bin")
-SOURCE_FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16"})
 MAX_LISTED_PER_PROBLEM = 20
 # Wan's T5RelativeEmbedding default, and transformers' UMT5Config default; no tensor records it.
 DEFAULT_MAX_DISTANCE = 128
@@ -188,18 +184,6 @@ def _layout_table(layout: str) -> LayoutTable:
 # Sources: safetensors or a torch pickle, behind one interface
 # ----------------------------------------------------------------------------------------------------------
 
-@dataclasses.dataclass(frozen=True)
-class TensorSource:
-  """The tensors of a checkpoint file (or sharded set): shapes and dtype names from headers, bytes on demand."""
-
-  path: Path  # the file (or shard index) read
-  shapes: dict[str, Shape]
-  dtype_names: dict[str, str]  # safetensors names (F32, BF16, ...), or torch's for other dtypes
-  read: Callable[[str], np.ndarray]  # key -> array (a memory-mapped view where possible)
-  order: tuple[str, ...]  # keys in the order that reads the files sequentially
-  config_path: Path | None  # config.json next to the weights, if any
-
-
 def resolve_weights(path: str | os.PathLike) -> Path:
   """The weights to read for ``path``: a file as given; in a directory, Wan's T5 file, else ``text_encoder/``
   (a diffusers repo root), else its safetensors (or index), else its single torch file."""
@@ -227,47 +211,8 @@ def open_source(path: str | os.PathLike) -> TensorSource:
   """Opens the umT5 weights at ``path`` (see ``resolve_weights``)."""
   weights = resolve_weights(path)
   if weights.is_file() and weights.suffix in TORCH_SUFFIXES:
-    return _open_torch_source(weights)
-  source = open_safetensors_source(weights)
-  order = tuple(sorted(source.tensors, key=lambda k: (str(source.tensors[k].file), source.tensors[k].offset)))
-  return TensorSource(path=weights, shapes=source.shapes(),
-                      dtype_names={key: DTYPE_NAMES[info.dtype] for key, info in source.tensors.items()},
-                      read=lambda key: read_tensor(source.tensors[key]), order=order,
-                      config_path=source.config_path)
-
-
-def _import_torch():
-  try:
-    import torch  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise CheckpointError("reading a PyTorch checkpoint (.pth / .pt / .bin) needs torch, which is not installed: "
-                          "pip install torch (the CPU build is enough), or convert from safetensors") from e
-  return torch
-
-
-def _open_torch_source(file: Path) -> TensorSource:
-  torch = _import_torch()
-  # Zip-format files (torch >= 1.6) can be memory-mapped; the legacy format must be read whole.
-  mmap = zipfile.is_zipfile(file)
-  try:
-    state = torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
-  except Exception as e:  # torch raises many types for corrupt or non-checkpoint files
-    raise CheckpointError(f"{file}: cannot load as a PyTorch checkpoint ({type(e).__name__}: {e})") from e
-  if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-    kind = type(state).__name__ if not isinstance(state, dict) else "a dict with non-tensor values"
-    raise CheckpointError(f"{file}: expected a state dict (a dict of tensors), found {kind}")
-  dtype_names = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
-
-  def read(key: str) -> np.ndarray:
-    tensor = state[key].detach().contiguous()
-    if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16: reinterpret the bits
-      return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
-    return tensor.numpy()
-
-  config_path = file.parent / CONFIG_FILE
-  return TensorSource(path=file, shapes={key: tuple(t.shape) for key, t in state.items()},
-                      dtype_names={key: dtype_names.get(t.dtype, str(t.dtype)) for key, t in state.items()},
-                      read=read, order=tuple(state), config_path=config_path if config_path.is_file() else None)
+    return open_torch_file(weights, config_name=CONFIG_FILE)
+  return open_safetensors(weights)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -27,9 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rehyat_jax.convert.safetensors_source import (DTYPE_NAMES, CheckpointError, open_safetensors_source,
-                                                   read_tensor)
-from rehyat_jax.convert.wan_dit import CONFIG_FILE, PARAMS_DIR, TARGET_DTYPES, restore_params, write_converted
+from rehyat_jax.convert.safetensors_source import CheckpointError
+from rehyat_jax.convert.tensor_source import TORCH_SUFFIXES, TensorSource, open_safetensors, open_torch_file
+from rehyat_jax.convert.wan_dit import CONFIG_FILE, PARAMS_DIR, SOURCE_FLOAT_DTYPES, TARGET_DTYPES, restore_params, write_converted
 from rehyat_jax.models.wan_vae import (VIDEO_CHANNELS, Downsample, ResidualBlock, Upsample, WanVAE,
                                        WanVAEConfig)
 
@@ -40,7 +40,6 @@ Transform = Literal["conv3d", "conv2d", "norm_video", "norm_image", "copy"]
 Progress = Callable[[str], None] | None
 ParamPath = tuple[str | int, ...]
 
-TORCH_SUFFIXES = (".pth", ".pt", ".ckpt")
 DIFFUSERS_SUBFOLDER = "vae"
 MAX_LISTED_PER_PROBLEM = 20
 
@@ -195,18 +194,7 @@ def expected_source_keys(cfg: WanVAEConfig, layout: Layout) -> dict[str, tuple[i
 # Sources
 # ----------------------------------------------------------------------------------------------------------
 
-@dataclasses.dataclass(frozen=True)
-class VAESource:
-  """The tensors of a VAE checkpoint: shapes and dtype names up front, ``read(key)`` for the values."""
-
-  path: Path
-  shapes: dict[str, tuple[int, ...]]
-  dtypes: dict[str, str]  # safetensors dtype names (F32, BF16, ...)
-  read: Callable[[str], np.ndarray]
-  config_path: Path | None
-
-
-def open_vae_source(path: str | os.PathLike) -> VAESource:
+def open_vae_source(path: str | os.PathLike) -> TensorSource:
   """A .safetensors file, a .pth / .pt file, a directory holding one, or a diffusers repo root (uses ``vae/``)."""
   path = Path(path)
   if not path.exists():
@@ -216,37 +204,10 @@ def open_vae_source(path: str | os.PathLike) -> VAESource:
       return open_vae_source(path / DIFFUSERS_SUBFOLDER)
     torch_files = sorted(p for p in path.iterdir() if p.suffix in TORCH_SUFFIXES)
     if not list(path.glob("*.safetensors")) and len(torch_files) == 1:
-      return _open_torch_source(torch_files[0])
+      return open_torch_file(torch_files[0])
   elif path.suffix in TORCH_SUFFIXES:
-    return _open_torch_source(path)
-  source = open_safetensors_source(path)
-  return VAESource(path=source.path, shapes=source.shapes(),
-                   dtypes={key: DTYPE_NAMES[dtype] for key, dtype in source.dtypes().items()},
-                   read=lambda key: read_tensor(source.tensors[key]), config_path=source.config_path)
-
-
-def _open_torch_source(file: Path) -> VAESource:
-  try:
-    import torch  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise CheckpointError(f"{file}: reading a PyTorch .pth checkpoint needs torch (pip install torch); or "
-                          "convert the diffusers safetensors (vae/diffusion_pytorch_model.safetensors)") from e
-  try:
-    state = torch.load(file, map_location="cpu", weights_only=True)
-  except Exception as e:  # torch raises many kinds (pickle, zip, runtime) for unreadable files
-    raise CheckpointError(f"{file}: cannot read as a PyTorch checkpoint ({e})") from e
-  if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-    raise CheckpointError(f"{file}: expected a state dict (key -> tensor), got {type(state).__name__}")
-  dtype_names = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64"}
-
-  def read(key: str) -> np.ndarray:
-    tensor = state[key].detach()
-    # numpy has no bfloat16; widening to float32 is exact for every float source.
-    return tensor.numpy() if tensor.dtype in (torch.float32, torch.float64) else tensor.float().numpy()
-
-  return VAESource(path=file, shapes={k: tuple(v.shape) for k, v in state.items()},
-                   dtypes={k: dtype_names.get(v.dtype, str(v.dtype)) for k, v in state.items()}, read=read,
-                   config_path=None)
+    return open_torch_file(path)
+  return open_safetensors(path)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -316,7 +277,7 @@ def config_from_diffusers_json(config: dict[str, Any], path: Path | str) -> WanV
     raise CheckpointError(f"{path}: inconsistent VAE config: {e}") from e
 
 
-def detect_vae_config(source: VAESource, layout: Layout) -> WanVAEConfig:
+def detect_vae_config(source: TensorSource, layout: Layout) -> WanVAEConfig:
   """config.json next to a diffusers checkpoint when present, else the shapes."""
   if layout == "diffusers" and source.config_path is not None:
     try:
@@ -327,7 +288,7 @@ def detect_vae_config(source: VAESource, layout: Layout) -> WanVAEConfig:
   return infer_vae_config(source.shapes, layout)
 
 
-def check_vae_source(source: VAESource, layout: Layout, cfg: WanVAEConfig) -> None:
+def check_vae_source(source: TensorSource, layout: Layout, cfg: WanVAEConfig) -> None:
   """Raises one CheckpointError listing every missing, unexpected, mis-shaped or non-float tensor."""
   expected = expected_source_keys(cfg, layout)
   found = source.shapes
@@ -336,8 +297,8 @@ def check_vae_source(source: VAESource, layout: Layout, cfg: WanVAEConfig) -> No
       ("unexpected", [f"{k}  {list(found[k])}" for k in sorted(found) if k not in expected]),
       ("mis-shaped", [f"{k}: expected {list(s)}, found {list(found[k])}"
                       for k, s in expected.items() if k in found and tuple(found[k]) != s]),
-      ("non-float", [f"{k}: {source.dtypes[k]}" for k in expected
-                     if k in found and source.dtypes[k] not in ("F32", "F16", "BF16", "F64")]),
+      ("non-float", [f"{k}: {source.dtype_names[k]}" for k in expected
+                     if k in found and source.dtype_names[k] not in SOURCE_FLOAT_DTYPES]),
   ]
   if not any(items for _, items in problems):
     return

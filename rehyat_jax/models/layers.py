@@ -7,7 +7,6 @@ a recompile). Logical names are listed in ``rehyat_jax.models.sharding``.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import jax

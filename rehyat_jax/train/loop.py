@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import signal
-import time
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +19,7 @@ from rehyat_jax.train import checkpointing, metrics as metrics_lib, step as step
 from rehyat_jax.train.config_checks import check_config
 from rehyat_jax.train.mesh import BATCH_AXES, batch_sharding, initialize_distributed, make_mesh, replicated
 from rehyat_jax.train.optimizer import make_optimizer
-from rehyat_jax.train.setup import (TrainState, build_model, count_params, init_train_state, state_shardings,
+from rehyat_jax.train.setup import (build_model, count_params, init_train_state, state_shardings,
                                     trainable_filter)
 from rehyat_jax.train.trajectories import TeacherTrajectories
 

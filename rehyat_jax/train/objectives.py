@@ -11,7 +11,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rehyat_jax.attention.feature_maps import PhiParam
 from rehyat_jax.sampling.schedules import shift_sigmas
 
 NUM_TRAIN_TIMESTEPS = 1000

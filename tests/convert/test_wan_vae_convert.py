@@ -132,7 +132,7 @@ def test_unreadable_sources(tmp_path):
   with pytest.raises(CheckpointError, match="no such file"):
     convert_wan_vae(tmp_path / "absent.pth", tmp_path / "out", progress=None)
   (tmp_path / "not_a_checkpoint.pth").write_bytes(b"garbage")
-  with pytest.raises(CheckpointError, match="cannot read as a PyTorch checkpoint"):
+  with pytest.raises(CheckpointError, match="cannot load as a PyTorch checkpoint"):
     convert_wan_vae(tmp_path / "not_a_checkpoint.pth", tmp_path / "out", progress=None)
   torch.save({"some.other.weight": torch.zeros(1)}, tmp_path / "other.pth")
   with pytest.raises(CheckpointError, match="unknown VAE checkpoint layout"):
