@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from hybrid_cases import FORM_CAUSAL, Case, apply_phi, feature_map, hybrid, jit_fast, qkv, relative_error
-from rehyat_jax.attention import hybrid_attention
 
 TOLERANCE = 1e-5
 MODE_CAUSAL = FORM_CAUSAL
