@@ -3,7 +3,7 @@
 The CPU test suite runs the kernel in Pallas interpret mode at tiny head sizes; this script runs
 the same comparison where the kernel is compiled for real, at kernel-sized heads (D = 64, 128).
 For each case it prints max|diff| / max|ref| of the parallel and scan forms with the 'pallas'
-window backend against ``mode='reference'`` (float32 inputs upcast from the tested dtype, HIGHEST
+and 'pallas_bwd' (fused backward) window backends against ``mode='reference'`` (float32 inputs upcast from the tested dtype, HIGHEST
 precision), forward and gradients w.r.t. q, k, v, phi_q, phi_k. Exit status 1 if any error is
 over the tolerance (float32 1e-5, bf16 2e-2 forward / 3e-2 gradients, as in the test suite).
 
@@ -63,16 +63,17 @@ def main() -> int:
       rounded = [x.astype(dtype).astype(jnp.float32) for x in inputs[:3]] + inputs[3:]
       ref_grads, ref_out = value_and_grads("reference", "xla", rounded, causal, chunking,
                                            jnp.float32)
-      modes = ("parallel", "scan") if causal else ("parallel",)
-      for mode in modes:
-        grads, out = value_and_grads(mode, "pallas", inputs, causal, chunking, dtype)
+      forms = [("parallel", "pallas"), ("parallel", "pallas_bwd")]
+      forms += [("scan", "pallas"), ("scan", "pallas_bwd")] if causal else []
+      for mode, backend in forms:
+        grads, out = value_and_grads(mode, backend, inputs, causal, chunking, dtype)
         fwd = relative_error(out.astype(jnp.float32), ref_out)
         bwd = max(relative_error(g, r) for g, r in zip(grads, ref_grads))
         fwd_tol, bwd_tol = TOLERANCE[dtype]
         ok = fwd <= fwd_tol and bwd <= bwd_tol and np.isfinite(fwd) and np.isfinite(bwd)
         failed |= not ok
         print(f"F={frames} HW={hw} H={heads} D={head_dim} Tc={tc} To={to} causal={causal} "
-              f"{dtype:8s} {mode:8s} pallas: fwd {fwd:.2e}  grads {bwd:.2e}  "
+              f"{dtype:8s} {mode:8s} {backend:10s}: fwd {fwd:.2e}  grads {bwd:.2e}  "
               f"{'ok' if ok else 'FAIL'}", flush=True)
   return 1 if failed else 0
 

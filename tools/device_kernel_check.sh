@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call for the fused window kernel: install the carried wheels, check the kernel forms
-# against the dense reference where it is compiled for real, sweep its tiles at 21 latent frames,
-# and time the parallel form with the default tiles. Logs go to $OUT.
+# against the dense reference where it is compiled for real, optionally sweep its tiles at 21 latent frames (TUNE=1),
+# and time the parallel form's forward and backward with both backward choices. Logs go to $OUT.
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl >/dev/null 2>&1
 export PYTHONPATH=$PWD:/tmp/site PYTHONUNBUFFERED=1
@@ -10,7 +10,12 @@ mkdir -p "$OUT"
 python3 -c "import jax, jaxlib, flax; print('jax', jax.__version__, 'jaxlib', jaxlib.__version__, 'flax', flax.__version__, jax.devices())"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 python3 tools/check_kernel_parity.py 2>&1 | tee "$OUT/parity.log" | grep -v Warning
-python3 tools/tune_window_kernel.py --frames 21 --block-q 64 128 --block-k 64 128 --num-warps 4 8 \
-  --num-stages 2 3 --reps 10 2>&1 | tee "$OUT/tune.log" | grep "^|\|^frames\|^jax"
-python3 tools/bench_attention.py --methods rehyat_parallel chunk_softmax_fused --no-backward \
-  --reps 10 --plot "$OUT/quick.png" 2>&1 | tee "$OUT/bench_quick.log" | grep "^|"
+if [ "${TUNE:-0}" = 1 ]; then  # the tile sweep (about 80 s); TUNE=1 to run it
+  python3 tools/tune_window_kernel.py --frames 21 --block-q 64 128 --block-k 64 128 --num-warps 4 8 \
+    --num-stages 2 3 --reps 10 2>&1 | tee "$OUT/tune.log" | grep "^|\|^frames\|^jax"
+fi
+# Forward + backward with the XLA backward and with the fused backward kernels.
+for backend in pallas pallas_bwd; do
+  python3 tools/bench_attention.py --methods rehyat_parallel --window-backend $backend \
+    --reps 10 --plot "$OUT/quick_$backend.png" 2>&1 | tee "$OUT/bench_$backend.log" | grep "^|"
+done
