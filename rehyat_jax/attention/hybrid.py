@@ -20,7 +20,7 @@ MODES = ("reference", "parallel", "scan")
 def hybrid_attention(q: jax.Array, k: jax.Array, v: jax.Array, phi_q: jax.Array,
                      phi_k: jax.Array, *, tokens_per_frame: int, chunk_frames: int,
                      overlap_frames: int, causal: bool, mode: str = "parallel",
-                     backend: str = "auto") -> jax.Array:
+                     backend: str = "auto", chunks_per_step: int | None = None) -> jax.Array:
   """ReHyAt recurrent hybrid attention.
 
   Args:
@@ -34,6 +34,9 @@ def hybrid_attention(q: jax.Array, k: jax.Array, v: jax.Array, phi_q: jax.Array,
     backend: the softmax-window implementation of the parallel and scan forms: 'xla',
       'pallas' (the fused kernel of window.py; interpret mode off GPU) or 'auto' (pallas on
       one GPU, else xla). The reference form ignores it.
+    chunks_per_step: parallel form with the XLA window (and its backward pass): process the
+      window softmax this many chunks at a time, recomputed group by group in the backward
+      pass, so score memory is one group's (``parallel_hybrid_attention``). None: all at once.
 
   Returns:
     [B, N, H, D] in q.dtype; sums, statistics and the normalisation run in float32.
@@ -51,5 +54,5 @@ def hybrid_attention(q: jax.Array, k: jax.Array, v: jax.Array, phi_q: jax.Array,
     return reference_hybrid_attention(q, k, v, phi_q, phi_k, causal=causal, **common)
   if mode == "parallel":
     return parallel_hybrid_attention(q, k, v, phi_q, phi_k, causal=causal, backend=backend,
-                                     **common)
+                                     chunks_per_step=chunks_per_step, **common)
   return scan_hybrid_attention(q, k, v, phi_q, phi_k, backend=backend, **common)

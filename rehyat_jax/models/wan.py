@@ -43,7 +43,9 @@ class RuntimeConfig:
   """How a model runs (not what it is): precision, layer scan, remat, attention backends.
 
   ``softmax_backend``: full softmax attention (attention/softmax.py); ``hybrid_backend``: the
-  ReHyAt parallel form's softmax window (attention/window.py: auto | xla | pallas).
+  ReHyAt softmax window (attention/window.py: auto | xla | pallas | pallas_bwd);
+  ``hybrid_chunks_per_step``: with the XLA window, materialise the window scores this many
+  chunks at a time (None: all chunks at once), which bounds per-layer memory at long lengths.
   """
 
   precision: str = "fp32"
@@ -51,6 +53,7 @@ class RuntimeConfig:
   remat: str = "none"
   softmax_backend: str = "auto"
   hybrid_backend: str = "auto"
+  hybrid_chunks_per_step: int | None = None
 
   def __post_init__(self):
     PrecisionPolicy.named(self.precision)
@@ -58,6 +61,9 @@ class RuntimeConfig:
       raise ValueError(f"unknown softmax_backend {self.softmax_backend!r}; choose one of {SOFTMAX_BACKENDS}")
     if self.hybrid_backend not in WINDOW_BACKENDS:
       raise ValueError(f"unknown hybrid_backend {self.hybrid_backend!r}; choose one of {WINDOW_BACKENDS}")
+    steps = self.hybrid_chunks_per_step
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+      raise ValueError(f"hybrid_chunks_per_step must be None or an int >= 1, got {steps!r}")
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"unknown remat policy {self.remat!r}; choose one of {sorted(REMAT_POLICIES)}")
 
@@ -103,6 +109,7 @@ class SelfAttention(nnx.Module):
     self.compute_dtype = p.compute_dtype
     self.softmax_backend = run.softmax_backend
     self.hybrid_backend = run.hybrid_backend
+    self.hybrid_chunks_per_step = run.hybrid_chunks_per_step
     self.rehyat = rehyat
     mk = functools.partial(dense, rngs=rngs, param_dtype=p.param_dtype, dtype=p.compute_dtype)
     self.q = mk(cfg.dim, cfg.dim, ("embed", "heads"))
@@ -131,7 +138,8 @@ class SelfAttention(nnx.Module):
     return hybrid_attention(q, k, v, self.phi_q(phi_inputs[0]), self.phi_k(phi_inputs[1]),
                             tokens_per_frame=geometry.tokens_per_frame, chunk_frames=r.chunk_frames,
                             overlap_frames=r.overlap_frames, causal=r.causal, mode=r.mode,
-                            backend=self.hybrid_backend).astype(q.dtype)
+                            backend=self.hybrid_backend,
+                            chunks_per_step=self.hybrid_chunks_per_step).astype(q.dtype)
 
   def __call__(self, x: jnp.ndarray, rope: rope_lib.RopeTables, geometry: Geometry,
                converted: bool | jnp.ndarray = False) -> jnp.ndarray:

@@ -32,7 +32,8 @@ class TrainState(NamedTuple):
 def runtime_config(cfg) -> RuntimeConfig:
   m = cfg.model
   return RuntimeConfig(precision=m.precision, scan_layers=m.scan_layers, remat=m.remat,
-                       softmax_backend=m.softmax_backend, hybrid_backend=m.hybrid_backend)
+                       softmax_backend=m.softmax_backend, hybrid_backend=m.hybrid_backend,
+                       hybrid_chunks_per_step=m.hybrid_chunks_per_step or None)
 
 
 def random_teacher(cfg, run: RuntimeConfig, rehyat) -> WanDiT:

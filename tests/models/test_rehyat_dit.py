@@ -166,3 +166,26 @@ def test_distill_forward_follows_the_teacher_and_measures_each_block(scan_layers
   g = g["self_attn"] if scan_layers else {i: g[i]["self_attn"] for i in g}
   w1 = np.asarray(g["phi_q"]["w1"]) if scan_layers else np.stack([np.asarray(g[i]["phi_q"]["w1"]) for i in g])
   assert np.abs(w1[0]).max() == 0 and np.abs(w1[1]).max() > 0
+
+
+@pytest.mark.parametrize("hybrid_backend,chunks_per_step", [("xla", 2), ("pallas", None)])
+def test_runtime_window_options_keep_the_output(hybrid_backend, chunks_per_step):
+  """RuntimeConfig's window choices (chunk-grouped XLA scores; the fused kernel, interpret mode
+  here) change how the parallel student runs, not what it computes."""
+  rehyat = RehyatConfig(chunk_frames=2, overlap_frames=1, feature_map=SMALL_PHI)
+  tree = random_teacher_tree()
+  plain = WanDiT(WAN_TINY, RuntimeConfig(hybrid_backend="xla"), rehyat, rngs=nnx.Rngs(1))
+  varied = WanDiT(WAN_TINY, RuntimeConfig(hybrid_backend=hybrid_backend,
+                                          hybrid_chunks_per_step=chunks_per_step), rehyat,
+                  rngs=nnx.Rngs(1))
+  for model in (plain, varied):
+    load_params(model, tree)
+  args = inputs(5)
+  assert rel_err(varied(*args), plain(*args)) <= 1e-5
+
+
+@pytest.mark.parametrize("field,value", [("hybrid_backend", "cudnn"), ("softmax_backend", "pallas"),
+                                         ("hybrid_chunks_per_step", 0)])
+def test_runtime_config_rejects_bad_attention_options(field, value):
+  with pytest.raises(ValueError, match=field):
+    RuntimeConfig(**{field: value})
