@@ -6,7 +6,7 @@ Field reference (all validated in ``rehyat_jax.train.config_checks`` before anyt
   model.checkpoint    converted teacher (tools/convert_wan_weights.py); '' = random weights from model.seed
   model.precision     fp32 | bf16 (fp32 master weights, bf16 matmuls) | bf16_params
   model.scan_layers, model.remat (none | full | dots | dots_no_batch), model.softmax_backend,
-                      model.hybrid_backend (ReHyAt window: auto | xla | pallas | pallas_bwd),
+                      model.hybrid_backend (ReHyAt window: auto | xla | pallas | pallas_bwd | pallas_tpu),
                       model.hybrid_chunks_per_step (XLA window memory bound; 0 = off)
   rehyat.*            RehyatConfig fields (chunk/overlap in latent frames, causal, mode, converted_blocks)
   data.source         synthetic | latents (array_record dataset) | trajectories (teacher sampling, stage 1)
@@ -32,7 +32,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.scan_layers = True
   c.model.remat = "none"
   c.model.softmax_backend = "auto"
-  c.model.hybrid_backend = "auto"  # auto | xla | pallas | pallas_bwd (experimental fused backward)
+  c.model.hybrid_backend = "auto"  # auto | xla | pallas | pallas_bwd, pallas_tpu (experimental)
   c.model.hybrid_chunks_per_step = 0  # XLA window: score memory per this many chunks; 0 = all at once
 
   c.rehyat = ml_collections.ConfigDict()

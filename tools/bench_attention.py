@@ -307,7 +307,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                       "recomputed in the backward pass")
   p.add_argument("--scan-remat", action="store_true",
                  help="scan form: recompute each chunk in the backward pass")
-  p.add_argument("--window-backend", default="auto", choices=["auto", "xla", "pallas", "pallas_bwd"],
+  p.add_argument("--window-backend", default="auto", choices=["auto", "xla", "pallas", "pallas_bwd", "pallas_tpu"],
                  help="rehyat_parallel's softmax-window backend")
   defaults = WindowKernelConfig()
   p.add_argument("--block-q", type=int, default=defaults.block_q, help="fused kernel tile")

@@ -43,6 +43,7 @@ from rehyat_jax.attention.numerics import DENOMINATOR_FLOOR, joint_normalise, ma
 from rehyat_jax.attention.window_backward import fused_qkv_cotangents, row_cotangents
 from rehyat_jax.attention.window_kernel_common import (LOG2_E, MASK_VALUE, WindowKernelConfig,
                                                        kernel_precision, pad_flat, round_up)
+from rehyat_jax.attention.window_tpu import tpu_window_forward
 
 
 def _window_kernel(q_ref, k_ref, v_ref, lin_num_ref, lin_den_ref, bounds_ref, out_ref,
@@ -86,6 +87,9 @@ def _window_kernel(q_ref, k_ref, v_ref, lin_num_ref, lin_den_ref, bounds_ref, ou
 def _pallas_forward(q_chunks, k_windows, v_windows, lin_num, lin_den, key_bounds,
                     config: WindowKernelConfig, interpret: bool):
   """Output [B, C, Tq, H, D] and the residuals row max (log2 units) and n_S, [B, C, Tq, H]."""
+  if config.platform == "tpu":
+    return tpu_window_forward(q_chunks, k_windows, v_windows, lin_num, lin_den, key_bounds,
+                              config, interpret)
   b, c, tq, h, d = q_chunks.shape
   tk = k_windows.shape[2]
   tq_pad, tk_pad = round_up(tq, config.block_q), round_up(tk, config.block_k)
@@ -217,12 +221,14 @@ def _fused_bwd(config, interpret, chunks_per_step, residuals, cotangent):
 
 fused_window_attention.defvjp(_fused_fwd, _fused_bwd)
 
-# 'pallas_bwd': the fused kernel for the backward pass too (EXPERIMENTAL, window_backward.py).
-BACKENDS = ("auto", "xla", "pallas", "pallas_bwd")
+# 'pallas_bwd': the fused kernel for the backward pass too (EXPERIMENTAL, window_backward.py);
+# 'pallas_tpu': the Mosaic TPU forward (EXPERIMENTAL, window_tpu.py).
+BACKENDS = ("auto", "xla", "pallas", "pallas_bwd", "pallas_tpu")
 
 
 def resolve_backend(backend: str) -> str:
-  """'auto' -> 'pallas' on GPU, 'xla' elsewhere; ValueError for an unknown name.
+  """'auto' -> 'pallas' on GPU, 'xla' elsewhere (TPU included, until 'pallas_tpu' has run on one);
+  ValueError for an unknown name.
 
   With several devices 'auto' picks the kernel only under a context mesh (``jax.set_mesh``)
   covering them, where it runs per batch/head shard (``kernel_sharding``); without one GSPMD
@@ -248,8 +254,8 @@ def window_attention(q_chunks: jax.Array, k_windows: jax.Array, v_windows: jax.A
   window slots [lo_c, hi_c) of chunk c hold keys of S_t, the others (before the video start,
   padding of a shorter last chunk) are masked. ``backend``: 'xla', 'pallas' (the fused kernel,
   per batch/head shard of the context mesh; Pallas interpret mode off GPU; XLA backward),
-  'pallas_bwd' (the fused backward kernels as well; experimental) or 'auto'
-  (``resolve_backend``).
+  'pallas_bwd' (the fused backward kernels as well; experimental), 'pallas_tpu' (the Mosaic
+  TPU forward; experimental) or 'auto' (``resolve_backend``).
   """
   backend = resolve_backend(backend)
   if backend == "xla":
@@ -257,7 +263,9 @@ def window_attention(q_chunks: jax.Array, k_windows: jax.Array, v_windows: jax.A
                                 chunks_per_step)
   if backend == "pallas_bwd":
     kernel_config = dataclasses.replace(kernel_config, backward="pallas")
-  interpret = jax.default_backend() != "gpu"
+  if backend == "pallas_tpu":
+    kernel_config = dataclasses.replace(kernel_config, platform="tpu")
+  interpret = jax.default_backend() != kernel_config.platform
   kernel = lambda *xs: fused_window_attention(*xs, kernel_config, interpret, chunks_per_step)
   per_token = (0, 3)  # [B, C, T, H, ...]: batch and head dims
   return map_over_batch_and_heads(

@@ -23,9 +23,10 @@ class WindowKernelConfig:
   Defaults: the fastest of a 16-point sweep (block_q 64/128, block_k 64/128, 4/8 warps, 2/3
   stages) at Wan2.1-1.3B heads, 21 latent frames, bf16, on an H200 (docs/benchmarks.md).
 
-  ``backward``: 'xla' (``jax.vjp`` of the XLA window; scores materialised) or 'pallas' (the
-  fused flash-style backward of ``window_backward.py``; EXPERIMENTAL: tested in interpret mode
-  only, not yet compiled or timed on a GPU).
+  ``backward``: 'xla' (``jax.vjp`` of the XLA window for dq, dk, dv; scores materialised) or
+  'pallas' (the fused flash-style backward of ``window_backward.py``; EXPERIMENTAL: tested in
+  interpret mode only, not yet compiled or timed on a GPU). ``platform``: 'gpu' (Triton
+  lowering, window.py) or 'tpu' (Mosaic TPU lowering, window_tpu.py; EXPERIMENTAL, forward only).
   """
 
   block_q: int = 128
@@ -33,10 +34,15 @@ class WindowKernelConfig:
   num_warps: int = 4
   num_stages: int = 2
   backward: str = "xla"
+  platform: str = "gpu"
 
   def __post_init__(self):
     if self.backward not in ("xla", "pallas"):
       raise ValueError(f"WindowKernelConfig.backward must be 'xla' or 'pallas', got {self.backward!r}")
+    if self.platform not in ("gpu", "tpu"):
+      raise ValueError(f"WindowKernelConfig.platform must be 'gpu' or 'tpu', got {self.platform!r}")
+    if self.platform == "tpu" and self.backward == "pallas":
+      raise ValueError("WindowKernelConfig: the fused backward kernels exist for platform='gpu' only")
     for name in ("block_q", "block_k"):
       value = getattr(self, name)
       if value < 16 or value & (value - 1):

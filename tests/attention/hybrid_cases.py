@@ -116,18 +116,21 @@ def tree_relative_errors(actual, expected) -> list[float]:
 # Every implementation of the one function, by name. 'parallel' and 'scan' use the XLA window
 # softmax; the '_pallas' forms the fused window kernel (Pallas interpret mode off GPU) with
 # small tiles so that the tiny test windows span several query and key blocks.
-# 'parallel_pallas_bwd' adds the fused backward kernels.
-FORMS = ("reference", "parallel", "parallel_pallas", "parallel_pallas_bwd", "scan", "scan_pallas")
+# 'parallel_pallas_bwd' adds the fused backward kernels; 'parallel_pallas_tpu' is the Mosaic TPU
+# forward (interpret mode here).
+FORMS = ("reference", "parallel", "parallel_pallas", "parallel_pallas_bwd", "parallel_pallas_tpu",
+         "scan", "scan_pallas")
 TEST_KERNEL = WindowKernelConfig(block_q=16, block_k=16, num_warps=4)
 FORM_CAUSAL = [("reference", True), ("reference", False), ("parallel", True), ("parallel", False),
                ("parallel_pallas", True), ("parallel_pallas", False),
-               ("parallel_pallas_bwd", True), ("parallel_pallas_bwd", False), ("scan", True),
+               ("parallel_pallas_bwd", True), ("parallel_pallas_bwd", False),
+               ("parallel_pallas_tpu", True), ("parallel_pallas_tpu", False), ("scan", True),
                ("scan_pallas", True)]
 
 
 def hybrid(form: str, q, k, v, phi_q, phi_k, *, causal: bool, **chunking) -> jax.Array:
   """hybrid_attention in one of FORMS."""
-  if form in ("parallel_pallas", "parallel_pallas_bwd"):
+  if form in ("parallel_pallas", "parallel_pallas_bwd", "parallel_pallas_tpu"):
     return parallel_hybrid_attention(q, k, v, phi_q, phi_k, causal=causal,
                                      backend=form.removeprefix("parallel_"),
                                      kernel_config=TEST_KERNEL, **chunking)

@@ -44,7 +44,7 @@ def outputs_and_grads(case: Case, mode: str):
 @given(cases())
 def test_forms_match_reference(case: Case):
   ref_out, ref_grads = outputs_and_grads(case, "reference")
-  modes = ("parallel", "parallel_pallas", "parallel_pallas_bwd") + (
+  modes = ("parallel", "parallel_pallas", "parallel_pallas_bwd", "parallel_pallas_tpu") + (
       ("scan", "scan_pallas") if case.causal else ())
   for mode in modes:
     out, grads = outputs_and_grads(case, mode)

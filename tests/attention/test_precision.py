@@ -37,7 +37,7 @@ def _value_and_grads(case: Case, mode: str, dtype):
 
 @pytest.mark.parametrize("mode,causal", [("parallel", True), ("parallel", False),
                                          ("parallel_pallas", True), ("parallel_pallas", False),
-                                         ("parallel_pallas_bwd", True),
+                                         ("parallel_pallas_bwd", True), ("parallel_pallas_tpu", True),
                                          ("scan", True), ("scan_pallas", True)])
 def test_bf16_close_to_fp32(mode, causal):
   case = Case(batch=2, frames=9, tokens_per_frame=16, heads=2, head_dim=32, chunk_frames=3,

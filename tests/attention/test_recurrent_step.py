@@ -30,7 +30,7 @@ def _run_by_hand(case: Case, dtype=jnp.float32, backend: str = "xla"):
   return (q, k, v, phi_q, phi_k), state, jnp.concatenate(outs, axis=1)
 
 
-@pytest.mark.parametrize("backend", ["xla", "pallas"])
+@pytest.mark.parametrize("backend", ["xla", "pallas", "pallas_tpu"])
 @pytest.mark.parametrize("frames,chunk_frames,overlap_frames",
                          [(7, 3, 1), (7, 2, 3), (6, 3, 0), (2, 4, 2)])
 def test_hand_driven_steps_match_reference_and_state(frames, chunk_frames, overlap_frames, backend):

@@ -1,0 +1,116 @@
+"""The fused window forward for TPU (Pallas Mosaic TPU lowering): same function as window.py's.
+
+EXPERIMENTAL: selected with the window backend 'pallas_tpu'; tested in Pallas interpret mode on
+CPU against the XLA window (the CI), never compiled for or run on a TPU ('auto' keeps TPU runs
+on XLA until it has been).
+
+TPU kernels see one block per grid step, so the flash loop over a window's keys is the innermost
+grid axis ("arbitrary"), with the running max, sum and accumulator in VMEM scratch: initialised
+at the first key block, finished with method.md §2's joint normalisation at the last. The key
+bounds of each chunk arrive by scalar prefetch: key blocks outside [lo, hi) are skipped
+(``pl.when``) and their index map repeats the last useful block, so they cost no copy. Operands
+are head-major ([B*C, H, T, D]) so that a block's last two dims are (tokens, head dim).
+Returns the output and the residuals (row max in log2 units, n_S) like the GPU kernel.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+from rehyat_jax.attention.numerics import DENOMINATOR_FLOOR
+from rehyat_jax.attention.window_kernel_common import (LOG2_E, MASK_VALUE, WindowKernelConfig,
+                                                       kernel_precision, pad_flat, round_up)
+
+
+def _tpu_window_kernel(bounds_ref, q_ref, k_ref, v_ref, lin_num_ref, lin_den_ref, out_ref,
+                       row_max_ref, row_sum_ref, max_scratch, sum_scratch, acc_scratch, *,
+                       num_chunks: int, key_blocks: int, block_k: int, precision):
+  chunk = pl.program_id(0) % num_chunks
+  key_block = pl.program_id(3)
+  key_lo, key_hi = bounds_ref[2 * chunk], bounds_ref[2 * chunk + 1]
+
+  @pl.when(key_block == 0)
+  def _init():
+    max_scratch[...] = jnp.full(max_scratch.shape, MASK_VALUE, jnp.float32)
+    sum_scratch[...] = jnp.zeros(sum_scratch.shape, jnp.float32)
+    acc_scratch[...] = jnp.zeros(acc_scratch.shape, jnp.float32)
+
+  in_window = (key_block >= key_lo // block_k) & (key_block * block_k < key_hi)
+
+  @pl.when(in_window)
+  def _step():
+    q, k, v = q_ref[...], k_ref[...], v_ref[...]
+    scores = jax.lax.dot_general(q, k, (((1,), (1,)), ((), ())), precision=precision,
+                                 preferred_element_type=jnp.float32)
+    scores = scores * (LOG2_E / math.sqrt(q.shape[-1]))
+    index = key_block * block_k + jax.lax.broadcasted_iota(jnp.int32, scores.shape, 1)
+    scores = jnp.where((index >= key_lo) & (index < key_hi), scores, MASK_VALUE)
+    old_max = max_scratch[...]
+    new_max = jnp.maximum(old_max, jnp.max(scores, axis=1, keepdims=True))
+    rescale = jnp.exp2(old_max - new_max)
+    weights = jnp.exp2(scores - new_max)
+    sum_scratch[...] = sum_scratch[...] * rescale + jnp.sum(weights, axis=1, keepdims=True)
+    acc_scratch[...] = acc_scratch[...] * rescale + jax.lax.dot_general(
+        weights.astype(v.dtype), v, (((1,), (0,)), ((), ())), precision=precision,
+        preferred_element_type=jnp.float32)
+    max_scratch[...] = new_max
+
+  @pl.when(key_block == key_blocks - 1)
+  def _finish():
+    n_s = sum_scratch[...]
+    den = jnp.maximum(n_s + lin_den_ref[...], DENOMINATOR_FLOOR * n_s)
+    out_ref[...] = ((acc_scratch[...] + lin_num_ref[...]) / den).astype(out_ref.dtype)
+    row_max_ref[...] = max_scratch[...]
+    row_sum_ref[...] = n_s
+
+
+def tpu_window_forward(q_chunks, k_windows, v_windows, lin_num, lin_den, key_bounds,
+                       config: WindowKernelConfig, interpret: bool):
+  """Output [B, C, Tq, H, D] and residuals row max (log2 units), n_S [B, C, Tq, H]."""
+  b, c, tq, h, d = q_chunks.shape
+  tk = k_windows.shape[2]
+  block_q, block_k = config.block_q, config.block_k
+  tq_pad, tk_pad = round_up(tq, block_q), round_up(tk, block_k)
+  key_blocks = tk_pad // block_k
+  head_major = lambda x, length: jnp.swapaxes(pad_flat(x, length), 1, 2)  # [B*C, H, T, ...]
+  rows = lambda x: head_major(x, tq_pad)[..., None]  # [B*C, H, Tq, 1]
+
+  def key_block_index(bc, head, qi, kj, bounds):
+    chunk = bc % c
+    first = bounds[2 * chunk] // block_k
+    last = (bounds[2 * chunk + 1] + block_k - 1) // block_k - 1
+    return bc, head, jnp.clip(kj, first, last), 0
+
+  q_spec = pl.BlockSpec((None, None, block_q, d), lambda bc, head, qi, kj, bounds: (bc, head, qi, 0))
+  row_spec = pl.BlockSpec((None, None, block_q, 1), lambda bc, head, qi, kj, bounds: (bc, head, qi, 0))
+  kv_spec = pl.BlockSpec((None, None, block_k, d), key_block_index)
+  grid_spec = pltpu.PrefetchScalarGridSpec(
+      num_scalar_prefetch=1, grid=(b * c, h, tq_pad // block_q, key_blocks),
+      in_specs=[q_spec, kv_spec, kv_spec, q_spec, row_spec],
+      out_specs=[q_spec, row_spec, row_spec],
+      scratch_shapes=[pltpu.VMEM((block_q, 1), jnp.float32), pltpu.VMEM((block_q, 1), jnp.float32),
+                      pltpu.VMEM((block_q, d), jnp.float32)])
+  stats = jax.ShapeDtypeStruct((b * c, h, tq_pad, 1), jnp.float32)
+  kernel = functools.partial(_tpu_window_kernel, num_chunks=c, key_blocks=key_blocks,
+                             block_k=block_k, precision=kernel_precision(q_chunks.dtype))
+  out, row_max, row_sum = pl.pallas_call(
+      kernel, grid_spec=grid_spec,
+      out_shape=[jax.ShapeDtypeStruct((b * c, h, tq_pad, d), q_chunks.dtype), stats, stats],
+      compiler_params=pltpu.CompilerParams(
+          dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")),
+      interpret=interpret, name="rehyat_window_attention_tpu",
+  )(jnp.asarray(key_bounds, jnp.int32).reshape(-1), head_major(q_chunks, tq_pad),
+    head_major(k_windows, tk_pad), head_major(v_windows, tk_pad),
+    head_major(lin_num.astype(jnp.float32), tq_pad), rows(lin_den.astype(jnp.float32)))
+
+  def token_major(x):  # [B*C, H, Tq_pad, ...] -> [B, C, Tq, H, ...]
+    x = jnp.swapaxes(x, 1, 2)[:, :tq]
+    return x.reshape(b, c, tq, *x.shape[2:])
+
+  return token_major(out), token_major(row_max[..., 0]), token_major(row_sum[..., 0])
