@@ -1,4 +1,5 @@
-"""Attention: softmax backends and the ReHyAt hybrid (reference / parallel / scan forms).
+"""Attention: softmax backends and the ReHyAt hybrid (reference / parallel / scan forms), with the
+softmax window of the parallel and scan forms in XLA or in fused Pallas kernels (window*.py).
 
 ``hybrid_attention`` is the entry point; ``recurrent_chunk_step`` and ``init_recurrent_state``
 are the chunk-wise RNN step the recurrent DiT reuses; ``FeatureMap`` builds phi_q / phi_k.
