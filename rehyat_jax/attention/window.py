@@ -1,24 +1,23 @@
-"""The softmax-window part of the parallel form, with the joint normalisation: XLA and a fused kernel.
+"""The softmax-window part of the parallel and scan forms, with the joint normalisation.
 
-``window_attention`` computes, per chunk, y = (a_S + lin_num) / guard(n_S + lin_den) with one of
-two backends: ``xla`` (``window_softmax``: scores materialised, optionally chunk group by chunk
-group) and ``pallas`` (``fused_window_attention``). The fused kernel computes, for every query of every chunk, the whole of method.md §2 that
-involves the softmax window:
+``window_attention`` computes, for every query of every chunk, the whole of method.md §2 that
+involves the softmax window,
 
-    y = (a_S + lin_num) / guard(n_S + lin_den)
+    y = (a_S + lin_num) / guard(n_S + lin_den),
 
 where a_S, n_S use c = the exact row max over S_t, and lin_num = phi_q . KV_L, lin_den =
-phi_q . z_L come in precomputed (the cheap O(N D' D) part, left to XLA in ``parallel.py``).
-This is what a flash-attention loop holds at its end (running max m, running sum l,
-accumulator), so the scores never reach device memory. cuDNN's fused attention cannot do this:
-it returns only the log-sum-exp, and the spec's output depends on c itself because the linear
-terms are not rescaled by exp(-c).
+phi_q . z_L come in precomputed (the cheap O(N D' D) part, left to XLA by the callers). Backends:
+``xla`` (``window_softmax``: scores materialised, optionally chunk group by chunk group) and the
+fused Pallas kernel (``fused_window_attention``): a flash-attention loop, whose end state (running
+max, running sum, accumulator) is exactly what §2 needs, so the scores never reach device memory.
+cuDNN's fused attention cannot do this: it returns only the log-sum-exp, and the spec's output
+depends on c itself because the linear terms are not rescaled by exp(-c).
 
-The kernel is written for Pallas' Triton lowering (GPU). It also runs in Pallas interpret mode on
-any backend (CPU tests), which is how CI checks it against the reference. The backward pass is
-``jax.vjp`` of the XLA backend through ``jax.custom_vjp``,
-i.e. gradients are exactly those of the XLA parallel form; a fused backward kernel is future
-work (see docs/benchmarks.md).
+The kernel here uses Pallas' Triton lowering (GPU); ``window_tpu.py`` has a Mosaic TPU version.
+Both run in Pallas interpret mode on any backend, which is how CI checks them against the
+reference. Backward (``jax.custom_vjp``): the linear branch's cotangents are row-wise from the
+saved output and n_S (``window_backward.row_cotangents``); dq, dk, dv come from ``jax.vjp`` of
+the XLA backend, or from the fused backward kernels with ``backward='pallas'``.
 
 Layout: q_chunks [B, C, Tq, H, D], k/v_windows [B, C, Tk, H, D] (the overlap frames then the
 chunk: ``parallel.chunk_windows``, or the recurrent step's [cache ; chunk] buffer), and int32
@@ -186,7 +185,7 @@ def fused_window_attention(q_chunks: jax.Array, k_windows: jax.Array, v_windows:
                            config: WindowKernelConfig = WindowKernelConfig(),
                            interpret: bool = False,
                            chunks_per_step: int | None = None) -> jax.Array:
-  """``window_attention`` with the Pallas kernel (gradients: the XLA backend's, see module doc).
+  """``window_attention`` with the Pallas kernel (backward: see the module docstring).
 
   ``interpret`` runs the kernel in Pallas interpret mode (any backend; slow, for tests);
   ``chunks_per_step`` only shapes the backward pass (``xla_window_attention``).
