@@ -256,7 +256,11 @@ def window_attention(q_chunks: jax.Array, k_windows: jax.Array, v_windows: jax.A
   'pallas_bwd' (the fused backward kernels as well; experimental), 'pallas_tpu' (the Mosaic
   TPU forward; experimental) or 'auto' (``resolve_backend``).
   """
-  backend = resolve_backend(backend)
+  head_dim = q_chunks.shape[-1]
+  tileable = head_dim >= 16 and head_dim & (head_dim - 1) == 0  # Triton / Mosaic tiles
+  requested, backend = backend, resolve_backend(backend)
+  if requested == "auto" and not tileable:
+    backend = "xla"
   if backend == "xla":
     return xla_window_attention(q_chunks, k_windows, v_windows, lin_num, lin_den, key_bounds,
                                 chunks_per_step)
@@ -265,6 +269,9 @@ def window_attention(q_chunks: jax.Array, k_windows: jax.Array, v_windows: jax.A
   if backend == "pallas_tpu":
     kernel_config = dataclasses.replace(kernel_config, platform="tpu")
   interpret = jax.default_backend() != kernel_config.platform
+  if not interpret and not tileable:
+    raise ValueError(f"window backend {requested!r}: the fused kernel needs a power-of-two head "
+                     f"dim >= 16, got {head_dim}; use backend='xla' (or 'auto')")
   kernel = lambda *xs: fused_window_attention(*xs, kernel_config, interpret, chunks_per_step)
   per_token = (0, 3)  # [B, C, T, H, ...]: batch and head dims
   return map_over_batch_and_heads(
