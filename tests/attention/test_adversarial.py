@@ -61,3 +61,18 @@ def test_output_and_grads_finite(scenario, mode, causal):
   assert np.all(np.isfinite(out)), scenario
   for name, grad in zip(("q", "k", "v", "phi_q", "phi_k"), grads):
     assert np.all(np.isfinite(grad)), (scenario, name)
+
+
+@pytest.mark.parametrize("form", ["parallel_pallas", "parallel_pallas_bwd", "parallel_pallas_tpu"])
+def test_kernels_match_xla_where_the_guard_is_active(form):
+  """phi_q . z_L far below -n_S on many rows (the floored denominator): the kernels' forward and
+  their backward (row-wise linear cotangents, fused dq/dk/dv) take the guard's branch exactly as
+  the XLA form does."""
+  q, k, v = qkv(CASE)
+  phi_q, phi_k = _phi_opposed(3.0)
+  phi_q = phi_q * np.abs(normal(3, PHI_SHAPE))  # vary the margin row by row
+  parallel = _grad_fn("parallel", True)(q, k, v, phi_q, phi_k)
+  kernel = _grad_fn(form, True)(q, k, v, phi_q, phi_k)
+  for expected, actual in zip(jax.tree.leaves(parallel), jax.tree.leaves(kernel)):
+    scale = float(np.max(np.abs(expected)))
+    assert float(np.max(np.abs(np.asarray(actual) - np.asarray(expected)))) <= 1e-5 * scale
