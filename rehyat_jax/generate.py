@@ -87,6 +87,12 @@ class VideoResult:
   seed: int
   latents: np.ndarray
   seconds: float
+  # Where the time and the memory go: seconds of prompt encoding + sampling and of decoding +
+  # writing, and the device's peak bytes (GiB, None on CPU) after each, so a jump names the phase.
+  sampling_seconds: float = 0.0
+  decode_seconds: float = 0.0
+  peak_gib_after_sampling: float | None = None
+  peak_gib_after_decode: float | None = None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -289,12 +295,18 @@ def video_name(prompt: str, index: int) -> str:
   return f"{stem}-{index}.mp4"
 
 
-def peak_memory() -> str:
-  """Peak bytes in use on the first local device, or 'n/a' where the backend keeps no statistics (CPU)."""
+def peak_gib() -> float | None:
+  """Peak GiB in use on the first local device so far; None where the backend keeps no statistics (CPU)."""
   stats = jax.local_devices()[0].memory_stats()
   if not stats or "peak_bytes_in_use" not in stats:
-    return "n/a"
-  return f"{stats['peak_bytes_in_use'] / 2**30:.2f} GiB"
+    return None
+  return stats["peak_bytes_in_use"] / 2**30
+
+
+def peak_memory() -> str:
+  """``peak_gib`` for printing ('n/a' on CPU)."""
+  peak = peak_gib()
+  return "n/a" if peak is None else f"{peak:.2f} GiB"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -333,14 +345,19 @@ def generate(pipeline: Pipeline, prompts: str | Sequence[str], *, out_dir: str |
     start = time.perf_counter()
     video_seed = seed + index
     noise = jax.random.normal(jax.random.key(video_seed), shape, jnp.float32)
-    latents = sampler(noise, encode([prompt]), negative_text)
+    latents = jax.block_until_ready(sampler(noise, encode([prompt]), negative_text))
+    sampled, peak_after_sampling = time.perf_counter(), peak_gib()
     path = out_dir / video_name(prompt, index)
     write_video(pipeline.vae, latents, path)
     latents = np.asarray(latents)
     if save_latents:
       np.save(path.with_suffix(".npy"), latents)
+    end = time.perf_counter()
     results.append(VideoResult(path=path, prompt=prompt, seed=video_seed, latents=latents,
-                               seconds=time.perf_counter() - start))
+                               seconds=end - start, sampling_seconds=sampled - start,
+                               decode_seconds=end - sampled,
+                               peak_gib_after_sampling=peak_after_sampling,
+                               peak_gib_after_decode=peak_gib()))
   return results
 
 

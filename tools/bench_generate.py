@@ -130,6 +130,10 @@ def run_case(args, case: str, shared, tokenizer_path: Path) -> dict:
   return {"case": kind, "frames": frames, "steps": args.steps, "videos": len(results),
           "first_video_s": results[0].seconds, "video_s": steady, "s_per_step": steady / args.steps,
           "timed_video_includes_compile": len(results) == 1, "peak_gib_so_far": peak,
+          # Phases of the timed video: a peak that jumps between the two names its phase.
+          "sampling_s": results[-1].sampling_seconds, "decode_write_s": results[-1].decode_seconds,
+          "peak_gib_after_sampling": results[-1].peak_gib_after_sampling,
+          "peak_gib_after_decode": results[-1].peak_gib_after_decode,
           "device": jax.devices()[0].device_kind, **versions()}
 
 
