@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from rehyat_jax.attention.config import RehyatConfig
 from rehyat_jax.attention.feature_maps import ACTIVATIONS, FeatureMapConfig
+from rehyat_jax.attention.window import BACKENDS as WINDOW_BACKENDS
 from rehyat_jax.convert.loading import load_pretrained
 from rehyat_jax.convert.umt5 import load_umt5
 from rehyat_jax.convert.wan_dit import read_converted_config
@@ -187,10 +188,12 @@ def _check_pipeline(pipeline: Pipeline, frames: int, height: int, width: int, at
 
 def load_pipeline(dit_path: str | os.PathLike, t5_path: str | os.PathLike, tokenizer_path: str | os.PathLike,
                   vae_path: str | os.PathLike, *, rehyat: RehyatConfig | None = None,
-                  phi_path: str | os.PathLike | None = None, precision: str = "bf16") -> Pipeline:
+                  phi_path: str | os.PathLike | None = None, precision: str = "bf16",
+                  hybrid_backend: str = "auto") -> Pipeline:
   """The converted checkpoints as a ``Pipeline``; with ``rehyat`` the DiT is a student whose phi come from
-  ``phi_path`` (an ``export_phi`` folder). ``precision`` applies to the DiT and umT5; the VAE runs in float32."""
-  run = RuntimeConfig(precision=precision)
+  ``phi_path`` (an ``export_phi`` folder). ``precision`` applies to the DiT and umT5; the VAE runs in float32.
+  ``hybrid_backend``: the student's softmax-window implementation (``RuntimeConfig.hybrid_backend``)."""
+  run = RuntimeConfig(precision=precision, hybrid_backend=hybrid_backend)
   dit = load_pretrained(dit_path, run=run, rehyat=rehyat)
   if phi_path is not None:
     restore_phi(phi_path, dit)
@@ -405,6 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
   r.add_argument("--overlap-frames", type=int, default=1)
   r.add_argument("--non-causal", action="store_true", help="a non-causal student (parallel mode only)")
   r.add_argument("--hybrid-form", default="parallel", help="reference | parallel | scan")
+  r.add_argument("--window-backend", default="auto",
+                 help=f"softmax window of the student: one of {WINDOW_BACKENDS} (auto: the fused kernel on GPU)")
   r.add_argument("--phi-input", default="post_rope", help="post_rope | pre_rope")
   r.add_argument("--converted-blocks", default="all", help="'all', a count, or comma-separated block ids")
   r.add_argument("--phi-degree", type=int, default=2)
@@ -441,6 +446,8 @@ def validate_args(args: argparse.Namespace) -> tuple[list[str], RehyatConfig | N
     raise GenerationError(str(e)) from None
   if args.attention not in ATTENTIONS:
     raise GenerationError(f"unknown --attention {args.attention!r}; choose one of {ATTENTIONS}")
+  if args.window_backend not in WINDOW_BACKENDS:
+    raise GenerationError(f"unknown --window-backend {args.window_backend!r}; choose one of {WINDOW_BACKENDS}")
   rehyat = rehyat_from_args(args)
   for flag, path in (("--dit", args.dit), ("--t5", args.t5), ("--tokenizer", args.tokenizer),
                      ("--vae", args.vae), ("--phi", args.phi)):
@@ -464,7 +471,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     print("warning: --attention rehyat without --phi: the feature maps are freshly initialised (untrained)",
           file=sys.stderr)
   pipeline = load_pipeline(args.dit, args.t5, args.tokenizer, args.vae, rehyat=rehyat, phi_path=args.phi,
-                           precision=args.precision)
+                           precision=args.precision, hybrid_backend=args.window_backend)
   seeds_per_prompt = args.seeds_per_prompt or (5 if args.prompts_file else 1)
   width, height = args.size
   try:

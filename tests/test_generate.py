@@ -133,6 +133,7 @@ def test_recurrent_mode_matches_parallel_causal_student(checkpoints, tmp_path):
     (["--prompt=a cat", "--size=30x32"], "width=30 is not a positive multiple of 16"),
     (["--prompt=   "], "--prompt: prompt 0 is empty"),
     (["--prompt=a cat", "--attention=linear"], "unknown --attention 'linear'"),
+    (["--prompt=a cat", "--window-backend=cudnn"], "unknown --window-backend 'cudnn'"),
     (["--prompt=a cat", "--mode=stream"], "unknown mode 'stream'"),
     (["--prompt=a cat", "--mode=recurrent"], "needs attention='rehyat'"),
     (["--prompt=a cat", "--mode=recurrent", "--attention=rehyat", "--non-causal"], "non-causal"),
