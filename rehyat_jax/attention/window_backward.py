@@ -1,7 +1,8 @@
 """Fused backward pass of the window kernel (flash-attention-2 style): no scores in device memory.
 
-EXPERIMENTAL: selected with ``WindowKernelConfig(backward='pallas')``; tested against the XLA
-backward in Pallas interpret mode (CPU CI), not yet compiled or timed on a GPU.
+The fused dq / dk / dv kernels are EXPERIMENTAL: selected with ``WindowKernelConfig(backward=
+'pallas')`` (window backend 'pallas_bwd'); tested against the XLA backward in Pallas interpret
+mode (CPU CI), not yet compiled or timed on a GPU.
 
 Per query row the forward computed (method.md §2, c the row max, p_j = exp(s_j - c)):
 
@@ -15,9 +16,10 @@ inactive (n + w >= F n) and F otherwise:
     dv_j += p_j da,   ds_j = p_j (da . v_j + dn),   dq = scale sum_j ds_j k_j,   dk_j += scale ds_j q
 
 c is a stop-gradient constant (as in every form), so p_j is recomputed from the saved row max.
-The row-wise quantities (da, dn, du, dw) are cheap XLA (``row_cotangents``, also used with
-the XLA backward); two kernels recompute the scores tile by tile (``fused_qkv_cotangents``): one per query block for dq (loop over the window's keys), one per key block for dk and dv
-(loop over the chunk's queries). Ties at the guard (n + w == F n exactly) take the unguarded
+The row-wise quantities (da, dn, du, dw) are cheap XLA (``row_cotangents``, used with every
+backward choice); two kernels recompute the scores tile by tile (``fused_qkv_cotangents``, the
+EXPERIMENTAL part): one per query block for dq (loop over the window's keys), one per key block
+for dk and dv (loop over the chunk's queries). Ties at the guard (n + w == F n exactly) take the unguarded
 branch here, where ``jnp.maximum`` would split the gradient; that set has measure zero.
 """
 
