@@ -43,8 +43,8 @@ import numpy as np  # noqa: E402
 from rehyat_jax.attention.chunking import make_geometry  # noqa: E402
 from rehyat_jax.attention.hybrid import hybrid_attention  # noqa: E402
 from rehyat_jax.attention.numerics import joint_normalise  # noqa: E402
-from rehyat_jax.attention.parallel import (chunk_windows, linear_states, pad_to_chunks,  # noqa: E402
-                                           parallel_hybrid_attention)
+from rehyat_jax.attention.parallel import (chunk_windows, linear_terms, pad_to_chunks,  # noqa: E402
+                                           parallel_hybrid_attention, window_operands)
 from rehyat_jax.attention.window import (WindowKernelConfig, window_attention,  # noqa: E402
                                          window_softmax)
 from rehyat_jax.attention.scan import scan_hybrid_attention  # noqa: E402
@@ -103,9 +103,7 @@ def chunk_softmax(q, k, v, *, setup: Setup) -> jax.Array:
   """The softmax-in-window part of the parallel form alone (a_S / n_S)."""
   geometry = make_geometry(q.shape[1], **setup.chunking)
   key_valid = jnp.asarray(np.repeat(geometry.window_valid(), setup.tokens_per_frame, axis=1))
-  k_windows = chunk_windows(pad_to_chunks(k, geometry), geometry)
-  v_windows = chunk_windows(pad_to_chunks(v, geometry), geometry)
-  a_s, n_s = window_softmax(pad_to_chunks(q, geometry), k_windows, v_windows, key_valid)
+  a_s, n_s = window_softmax(*window_operands(q, k, v, geometry), key_valid)
   out = (a_s / n_s[..., None]).reshape(q.shape[0], -1, *q.shape[2:])
   return out[:, :q.shape[1]].astype(q.dtype)
 
@@ -113,9 +111,7 @@ def chunk_softmax(q, k, v, *, setup: Setup) -> jax.Array:
 def chunk_softmax_fused(q, k, v, *, setup: Setup) -> jax.Array:
   """The window softmax alone through the fused kernel (lin_num = lin_den = 0)."""
   geometry = make_geometry(q.shape[1], **setup.chunking)
-  q_chunks = pad_to_chunks(q, geometry)
-  k_windows = chunk_windows(pad_to_chunks(k, geometry), geometry)
-  v_windows = chunk_windows(pad_to_chunks(v, geometry), geometry)
+  q_chunks, k_windows, v_windows = window_operands(q, k, v, geometry)
   zeros = jnp.zeros(q_chunks.shape, jnp.float32)
   out = window_attention(q_chunks, k_windows, v_windows, zeros, zeros[..., 0],
                          geometry.window_key_bounds(),
@@ -146,11 +142,7 @@ def chunk_softmax_cudnn(q, k, v, *, setup: Setup) -> jax.Array:
 def linear_term(v, phi_q, phi_k, *, setup: Setup) -> jax.Array:
   """The phi term alone: KV_L / z_L per chunk, phi_q . KV_L, phi_q . z_L, joint division."""
   geometry = make_geometry(v.shape[1], **setup.chunking)
-  kv_l, z_l = linear_states(phi_k, v, geometry, causal=True)
-  phi_q_chunks = pad_to_chunks(phi_q, geometry).astype(jnp.float32)
-  highest = jax.lax.Precision.HIGHEST
-  lin_num = jnp.einsum("bcqhp,bchpd->bcqhd", phi_q_chunks, kv_l, precision=highest)
-  lin_den = jnp.einsum("bcqhp,bchp->bcqh", phi_q_chunks, z_l, precision=highest)
+  lin_num, lin_den = linear_terms(phi_q, phi_k, v, geometry, causal=True)
   ones = jnp.ones_like(lin_den)  # stands in for n_S, so the division is the real one
   out = joint_normalise(jnp.zeros_like(lin_num), ones, lin_num, lin_den)
   return out.reshape(v.shape[0], -1, *v.shape[2:])[:, :v.shape[1]].astype(v.dtype)
@@ -182,7 +174,7 @@ def method(name: str, setup: Setup) -> tuple[Callable[..., jax.Array], tuple[str
   raise ValueError(f"unknown method {name!r}; choose from {METHODS}")
 
 
-def _median_ms(fn: Callable, args: tuple, reps: int) -> float:
+def median_ms(fn: Callable, args: tuple, reps: int) -> float:
   jax.block_until_ready(fn(*args))  # warm-up
   times = []
   for _ in range(reps):
@@ -209,13 +201,13 @@ def measure(name: str, setup: Setup, frames: int) -> dict:
   try:
     forward = jax.jit(fn).lower(*args).compile()
     result["fwd_temp_mib"] = forward.memory_analysis().temp_size_in_bytes / MIB
-    result["fwd_ms"] = _median_ms(forward, args, setup.reps)
+    result["fwd_ms"] = median_ms(forward, args, setup.reps)
     result["fwd_peak_mib"] = _device_peak_mib()
     if setup.backward:
       loss = lambda *a: jnp.sum(fn(*a).astype(jnp.float32))
       grad = jax.jit(jax.grad(loss, argnums=tuple(range(len(args))))).lower(*args).compile()
       result["bwd_temp_mib"] = grad.memory_analysis().temp_size_in_bytes / MIB
-      result["fwdbwd_ms"] = _median_ms(grad, args, setup.reps)
+      result["fwdbwd_ms"] = median_ms(grad, args, setup.reps)
       result["fwdbwd_peak_mib"] = _device_peak_mib()
   except Exception as e:  # noqa: BLE001 - an OOM or a missing backend ends only this row
     result["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"

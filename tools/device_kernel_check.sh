@@ -1,14 +1,10 @@
 #!/usr/bin/env bash
-# One device call for the fused window kernel: install the carried wheels, check the kernel forms
-# against the dense reference where it is compiled for real, optionally sweep its tiles at 21 latent frames (TUNE=1),
-# and time the parallel form's forward and backward with both backward choices. Logs go to $OUT.
+# One device call for the fused window kernel: check the kernel forms against the dense reference
+# where it is compiled for real, optionally sweep its tiles at 21 latent frames (TUNE=1), and time
+# the parallel form's forward and backward with both backward choices. Logs go to $OUT.
 set -uo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl >/dev/null 2>&1
-export PYTHONPATH=$PWD:/tmp/site PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-python3 -c "import jax, jaxlib, flax; print('jax', jax.__version__, 'jaxlib', jaxlib.__version__, 'flax', flax.__version__, jax.devices())"
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+# shellcheck source=tools/device_env.sh
+source tools/device_env.sh
 python3 tools/check_kernel_parity.py 2>&1 | tee "$OUT/parity.log" | grep -v Warning
 if [ "${TUNE:-0}" = 1 ]; then  # the tile sweep (about 80 s); TUNE=1 to run it
   python3 tools/tune_window_kernel.py --frames 21 --block-q 64 128 --block-k 64 128 --num-warps 4 8 \

@@ -4,11 +4,8 @@
 # training steps of each stage at the Wan2.1-1.3B shape. Logs go to $OUT. Section (e), the 50-step
 # generation, needs two more calls: see that section's commands.
 set -uo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl >/dev/null 2>&1
-export PYTHONPATH=$PWD:/tmp/site PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-python3 -c "import jax, jaxlib, flax; print('jax', jax.__version__, 'jaxlib', jaxlib.__version__, 'flax', flax.__version__, jax.devices())"
+# shellcheck source=tools/device_env.sh
+source tools/device_env.sh
 {
   python3 tools/bench_dit.py --frames 21 --reps 2
   python3 tools/bench_dit.py --frames 42 --reps 2

@@ -16,10 +16,9 @@ import argparse
 import sys
 
 
-from rehyat_jax.convert import CheckpointError
 from rehyat_jax.convert.umt5 import load_umt5
 from rehyat_jax.data.prompt_encoding import encode_prompts, read_prompts
-from rehyat_jax.data.tool_flags import add_shard_flags, add_text_encoder_flags, shard_kwargs
+from rehyat_jax.data.tool_flags import run_tool, add_shard_flags, add_text_encoder_flags, shard_kwargs
 from rehyat_jax.models.config import PrecisionPolicy
 from rehyat_jax.models.tokenizer import UMT5Tokenizer
 
@@ -36,18 +35,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
   args = parse_args(argv)
-  try:
+
+  def work():
     prompts = read_prompts(args.prompts_file)
     tokenizer = UMT5Tokenizer(args.tokenizer)
     encoder = load_umt5(args.t5, PrecisionPolicy.named(args.precision))
-    summary = encode_prompts(
+    return encode_prompts(
         prompts, tokenizer, encoder, args.out,
         **shard_kwargs(args))
-  except (CheckpointError, FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  print(summary.describe())
-  return 0
+
+  return run_tool(work)
 
 
 if __name__ == "__main__":

@@ -17,10 +17,9 @@ import argparse
 import sys
 
 
-from rehyat_jax.convert import CheckpointError
 from rehyat_jax.convert.umt5 import load_umt5
 from rehyat_jax.convert.wan_vae import load_wan_vae
-from rehyat_jax.data.tool_flags import add_shard_flags, add_text_encoder_flags, parse_size, shard_kwargs
+from rehyat_jax.data.tool_flags import run_tool, add_shard_flags, add_text_encoder_flags, parse_size, shard_kwargs
 from rehyat_jax.data.video_encoding import ClipSpec, check_videos, encode_videos, list_videos_dir, read_video_list
 from rehyat_jax.models.config import PrecisionPolicy
 from rehyat_jax.models.tokenizer import UMT5Tokenizer
@@ -44,7 +43,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
   args = parse_args(argv)
-  try:
+
+  def work():
     videos = list_videos_dir(args.videos_dir) if args.videos_dir else read_video_list(args.video_list)
     width, height = args.size
     spec = ClipSpec(width=width, height=height, num_frames=args.frames, frame_stride=args.frame_stride)
@@ -54,14 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = UMT5Tokenizer(args.tokenizer)
     encoder = load_umt5(args.t5, PrecisionPolicy.named(args.precision))
     vae = load_wan_vae(args.vae)
-    summary = encode_videos(
+    return encode_videos(
         videos, vae, tokenizer, encoder, args.out, spec,
         **shard_kwargs(args))
-  except (CheckpointError, FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  print(summary.describe())
-  return 0
+
+  return run_tool(work)
 
 
 if __name__ == "__main__":

@@ -16,12 +16,11 @@ import argparse
 import sys
 
 
-from rehyat_jax.convert import CheckpointError
 from rehyat_jax.convert.loading import load_pretrained
 from rehyat_jax.convert.umt5 import load_umt5
 from rehyat_jax.data.latent_generation import generate_latents
 from rehyat_jax.data.prompt_encoding import read_prompts
-from rehyat_jax.data.tool_flags import add_shard_flags, add_text_encoder_flags, parse_size, shard_kwargs
+from rehyat_jax.data.tool_flags import run_tool, add_shard_flags, add_text_encoder_flags, parse_size, shard_kwargs
 from rehyat_jax.generate import check_video_shape, make_schedule
 from rehyat_jax.models.config import PrecisionPolicy
 from rehyat_jax.models.tokenizer import UMT5Tokenizer
@@ -50,7 +49,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
   args = parse_args(argv)
   width, height = args.size
-  try:
+
+  def work():
     prompts = read_prompts(args.prompts_file)
     # Before loading the models: a bad shape or schedule fails in seconds.
     check_video_shape(args.frames, height, width)
@@ -58,15 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     dit = load_pretrained(args.dit, run=RuntimeConfig(precision=args.precision))
     tokenizer = UMT5Tokenizer(args.tokenizer, text_len=dit.cfg.text_len)
     encoder = load_umt5(args.t5, PrecisionPolicy.named(args.precision))
-    summary = generate_latents(
+    return generate_latents(
         prompts, dit, tokenizer, encoder, args.out, frames=args.frames, height=height, width=width,
         steps=args.steps, guidance=args.guidance, shift=args.shift, solver=args.solver, seed=args.seed,
         **shard_kwargs(args))
-  except (CheckpointError, FileNotFoundError, ValueError) as e:  # GenerationError is a ValueError
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  print(summary.describe())
-  return 0
+
+  return run_tool(work)
 
 
 if __name__ == "__main__":

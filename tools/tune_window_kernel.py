@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -26,8 +24,9 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from rehyat_jax.attention.chunking import make_geometry  # noqa: E402
-from rehyat_jax.attention.parallel import chunk_windows, pad_to_chunks  # noqa: E402
+from rehyat_jax.attention.parallel import window_operands  # noqa: E402
 from rehyat_jax.attention.window import WindowKernelConfig, window_attention  # noqa: E402
+from bench_attention import median_ms  # noqa: E402  (tools/ is this script's directory)
 
 
 def make_inputs(frames: int, args: argparse.Namespace):
@@ -36,22 +35,10 @@ def make_inputs(frames: int, args: argparse.Namespace):
   shape = (1, geometry.num_tokens, args.heads, args.head_dim)
   keys = jax.random.split(jax.random.key(frames), 5)
   q, k, v = (jax.random.normal(key, shape).astype(args.dtype) for key in keys[:3])
-  q_chunks = pad_to_chunks(q, geometry)
-  k_windows = chunk_windows(pad_to_chunks(k, geometry), geometry)
-  v_windows = chunk_windows(pad_to_chunks(v, geometry), geometry)
+  q_chunks, k_windows, v_windows = window_operands(q, k, v, geometry)
   lin_num = jax.random.normal(keys[3], q_chunks.shape, jnp.float32)
   lin_den = jax.random.uniform(keys[4], q_chunks.shape[:-1], jnp.float32, 0.0, 50.0)
   return geometry, (q_chunks, k_windows, v_windows, lin_num, lin_den)
-
-
-def time_ms(fn, inputs, reps: int) -> float:
-  jax.block_until_ready(fn(*inputs))
-  times = []
-  for _ in range(reps):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*inputs))
-    times.append((time.perf_counter() - start) * 1e3)
-  return statistics.median(times)
 
 
 def main(argv: list[str]) -> None:
@@ -87,7 +74,7 @@ def main(argv: list[str]) -> None:
     xla = jax.jit(lambda *x: window_attention(*x, geometry.window_key_bounds(), backend="xla"))
     expected = np.asarray(xla(*inputs).astype(jnp.float32))
     scale = float(np.max(np.abs(expected)))
-    xla_ms = time_ms(xla, inputs, args.reps)
+    xla_ms = median_ms(xla, inputs, args.reps)
     rows = []
     for bq, bk, warps, stages in itertools.product(args.block_q, args.block_k, args.num_warps,
                                                    args.num_stages):
@@ -97,7 +84,7 @@ def main(argv: list[str]) -> None:
       try:
         out = np.asarray(fused(*inputs).astype(jnp.float32))
         error = float(np.max(np.abs(out - expected))) / scale
-        ms = time_ms(fused, inputs, args.reps)
+        ms = median_ms(fused, inputs, args.reps)
         rows.append((ms, config, error, None))
       except Exception as e:  # noqa: BLE001 - a config the compiler rejects ends only its row
         rows.append((float("inf"), config, None, f"{type(e).__name__}: {str(e).splitlines()[0][:90]}"))

@@ -48,12 +48,12 @@ def _spec(ndim: int, layout: Layout, batch_axes: tuple[str, ...], head_axis: str
 
 
 def map_over_batch_and_heads(fn: Callable[..., jax.Array], args: Sequence[jax.Array],
-                             layouts: Sequence[Layout], out_layout: tuple[int, int]) -> jax.Array:
+                             layouts: Sequence[Layout]) -> jax.Array:
   """``fn(*args)``, run per (batch, head) shard of the context mesh when one is set.
 
-  ``layouts[i]`` names the batch and head dims of ``args[i]`` (None: replicated operand);
-  ``out_layout`` those of the single output. The batch and head sizes are read from the first
-  operand with a layout.
+  ``layouts[i]`` names the batch and head dims of ``args[i]`` (None: replicated operand). The
+  single output must be shaped like the first operand with a layout (attention: like q), whose
+  batch and head sizes decide the sharding.
   """
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty or context_mesh_size() == 1:
@@ -65,7 +65,5 @@ def map_over_batch_and_heads(fn: Callable[..., jax.Array], args: Sequence[jax.Ar
   if not batch_axes and head_axis is None:
     return fn(*args)
   in_specs = tuple(_spec(x.ndim, layout, batch_axes, head_axis) for x, layout in zip(args, layouts))
-  out_ndim = jax.eval_shape(fn, *args).ndim
-  out_spec = _spec(out_ndim, out_layout, batch_axes, head_axis)
-  return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_spec,
+  return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=in_specs[first],
                        check_vma=False)(*args)

@@ -61,6 +61,23 @@ def linear_states(phi_k: jax.Array, v: jax.Array, geometry: ChunkGeometry,
   return kv_l, z_l
 
 
+def window_operands(q: jax.Array, k: jax.Array, v: jax.Array,
+                    geometry: ChunkGeometry) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """q per chunk [B, C, Tc*HW, H, D] and k, v per softmax window [B, C, (To+Tc)*HW, H, D]."""
+  windows = lambda x: chunk_windows(pad_to_chunks(x, geometry), geometry)
+  return pad_to_chunks(q, geometry), windows(k), windows(v)
+
+
+def linear_terms(phi_q: jax.Array, phi_k: jax.Array, v: jax.Array, geometry: ChunkGeometry,
+                 causal: bool) -> tuple[jax.Array, jax.Array]:
+  """phi_q . KV_L [B, C, Tc*HW, H, D] and phi_q . z_L [B, C, Tc*HW, H] of every chunk, float32."""
+  kv_l, z_l = linear_states(phi_k, v, geometry, causal)
+  phi_q_chunks = pad_to_chunks(phi_q, geometry).astype(jnp.float32)
+  lin_num = jnp.einsum("bcqhp,bchpd->bcqhd", phi_q_chunks, kv_l, precision=_HIGHEST)
+  lin_den = jnp.einsum("bcqhp,bchp->bcqh", phi_q_chunks, z_l, precision=_HIGHEST)
+  return lin_num, lin_den
+
+
 def parallel_hybrid_attention(q: jax.Array, k: jax.Array, v: jax.Array, phi_q: jax.Array,
                               phi_k: jax.Array, *, tokens_per_frame: int, chunk_frames: int,
                               overlap_frames: int, causal: bool,
@@ -83,14 +100,8 @@ def parallel_hybrid_attention(q: jax.Array, k: jax.Array, v: jax.Array, phi_q: j
   phi_q = clamp_features(phi_q)
   phi_k = clamp_features(phi_k)
 
-  q_chunks = pad_to_chunks(q, geometry)
-  k_windows = chunk_windows(pad_to_chunks(k, geometry), geometry)
-  v_windows = chunk_windows(pad_to_chunks(v, geometry), geometry)
-  kv_l, z_l = linear_states(phi_k, v, geometry, causal)
-  phi_q_chunks = pad_to_chunks(phi_q, geometry).astype(jnp.float32)
-  lin_num = jnp.einsum("bcqhp,bchpd->bcqhd", phi_q_chunks, kv_l, precision=_HIGHEST)
-  lin_den = jnp.einsum("bcqhp,bchp->bcqh", phi_q_chunks, z_l, precision=_HIGHEST)
-
+  q_chunks, k_windows, v_windows = window_operands(q, k, v, geometry)
+  lin_num, lin_den = linear_terms(phi_q, phi_k, v, geometry, causal)
   out = window_attention(q_chunks, k_windows, v_windows, lin_num, lin_den,
                          geometry.window_key_bounds(),
                          backend=backend, chunks_per_step=chunks_per_step,

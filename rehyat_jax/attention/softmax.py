@@ -72,4 +72,4 @@ def splash_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray) -> jnp.ndar
   Runs per batch/head shard of the context mesh (``kernel_sharding``)."""
   kernel = functools.partial(_splash, interpret=jax.default_backend() != "tpu")
   per_token = (0, 2)  # [B, T, H, D]
-  return map_over_batch_and_heads(kernel, (q, k, v), (per_token,) * 3, per_token)
+  return map_over_batch_and_heads(kernel, (q, k, v), (per_token,) * 3)

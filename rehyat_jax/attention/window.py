@@ -93,7 +93,6 @@ def _pallas_forward(q_chunks, k_windows, v_windows, lin_num, lin_den, key_bounds
   tk = k_windows.shape[2]
   tq_pad, tk_pad = round_up(tq, config.block_q), round_up(tk, config.block_k)
 
-  flat = pad_flat
   kernel = functools.partial(_window_kernel, config=config,
                              precision=kernel_precision(q_chunks.dtype))
   q_block = pl.BlockSpec((None, config.block_q, None, d), lambda i, j, n: (j, i, n, 0))
@@ -111,8 +110,8 @@ def _pallas_forward(q_chunks, k_windows, v_windows, lin_num, lin_den, key_bounds
                                               num_stages=config.num_stages),
       interpret=interpret,
       name="rehyat_window_attention",
-  )(flat(q_chunks, tq_pad), flat(k_windows, tk_pad), flat(v_windows, tk_pad),
-    flat(lin_num.astype(jnp.float32), tq_pad), flat(lin_den.astype(jnp.float32), tq_pad),
+  )(pad_flat(q_chunks, tq_pad), pad_flat(k_windows, tk_pad), pad_flat(v_windows, tk_pad),
+    pad_flat(lin_num.astype(jnp.float32), tq_pad), pad_flat(lin_den.astype(jnp.float32), tq_pad),
     jnp.asarray(key_bounds, jnp.int32))
   unflat = lambda x: x[:, :tq].reshape(b, c, tq, *x.shape[2:])
   return unflat(out), unflat(row_max), unflat(row_sum)
@@ -225,9 +224,14 @@ fused_window_attention.defvjp(_fused_fwd, _fused_bwd)
 BACKENDS = ("auto", "xla", "pallas", "pallas_bwd", "pallas_tpu")
 
 
-def resolve_backend(backend: str) -> str:
-  """'auto' -> 'pallas' on GPU, 'xla' elsewhere (TPU included, until 'pallas_tpu' has run on one);
-  ValueError for an unknown name.
+def tileable_head_dim(head_dim: int) -> bool:
+  """The kernels' tiles (Triton, Mosaic) need a power-of-two head dim of at least 16."""
+  return head_dim >= 16 and head_dim & (head_dim - 1) == 0
+
+
+def resolve_backend(backend: str, head_dim: int) -> str:
+  """'auto' -> 'pallas' on GPU for a tileable head dim, 'xla' otherwise (TPU included, until
+  'pallas_tpu' has run on one); ValueError for an unknown name.
 
   With several devices 'auto' picks the kernel only under a context mesh (``jax.set_mesh``)
   covering them, where it runs per batch/head shard (``kernel_sharding``); without one GSPMD
@@ -238,7 +242,7 @@ def resolve_backend(backend: str) -> str:
   if backend == "auto":
     on_gpu = jax.default_backend() == "gpu"
     sharded_or_single = jax.device_count() in (1, context_mesh_size())
-    return "pallas" if on_gpu and sharded_or_single else "xla"
+    return "pallas" if on_gpu and sharded_or_single and tileable_head_dim(head_dim) else "xla"
   return backend
 
 
@@ -257,10 +261,7 @@ def window_attention(q_chunks: jax.Array, k_windows: jax.Array, v_windows: jax.A
   TPU forward; experimental) or 'auto' (``resolve_backend``).
   """
   head_dim = q_chunks.shape[-1]
-  tileable = head_dim >= 16 and head_dim & (head_dim - 1) == 0  # Triton / Mosaic tiles
-  requested, backend = backend, resolve_backend(backend)
-  if requested == "auto" and not tileable:
-    backend = "xla"
+  requested, backend = backend, resolve_backend(backend, head_dim)
   if backend == "xla":
     return xla_window_attention(q_chunks, k_windows, v_windows, lin_num, lin_den, key_bounds,
                                 chunks_per_step)
@@ -269,11 +270,11 @@ def window_attention(q_chunks: jax.Array, k_windows: jax.Array, v_windows: jax.A
   if backend == "pallas_tpu":
     kernel_config = dataclasses.replace(kernel_config, platform="tpu")
   interpret = jax.default_backend() != kernel_config.platform
-  if not interpret and not tileable:
+  if not interpret and not tileable_head_dim(head_dim):
     raise ValueError(f"window backend {requested!r}: the fused kernel needs a power-of-two head "
                      f"dim >= 16, got {head_dim}; use backend='xla' (or 'auto')")
   kernel = lambda *xs: fused_window_attention(*xs, kernel_config, interpret, chunks_per_step)
   per_token = (0, 3)  # [B, C, T, H, ...]: batch and head dims
   return map_over_batch_and_heads(
       kernel, (q_chunks, k_windows, v_windows, lin_num, lin_den, jnp.asarray(key_bounds, jnp.int32)),
-      (per_token,) * 5 + (None,), per_token)
+      (per_token,) * 5 + (None,))

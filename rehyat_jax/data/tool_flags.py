@@ -1,8 +1,13 @@
-"""Command-line flags the dataset tools share (tools/encode_prompts.py, encode_videos.py, generate_latents.py)."""
+"""Command-line flags and the run wrapper the dataset tools share (tools/encode_prompts.py,
+encode_videos.py, generate_latents.py)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from typing import Any, Callable
+
+from rehyat_jax.convert.safetensors_source import CheckpointError
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -38,3 +43,15 @@ def shard_kwargs(args: argparse.Namespace) -> dict:
           "num_hosts": jax.process_count() if args.num_hosts is None else args.num_hosts,
           "examples_per_shard": args.examples_per_shard, "batch_size": args.batch_size,
           "finalize": True if args.finalize else None}
+
+
+def run_tool(work: Callable[[], Any]) -> int:
+  """Runs a tool's ``work`` (returning a summary with ``describe()``): exit status 0 and the summary,
+  or 1 and the error on one line for a bad checkpoint, a missing file or an invalid value."""
+  try:
+    summary = work()
+  except (CheckpointError, FileNotFoundError, ValueError) as e:  # GenerationError is a ValueError
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  print(summary.describe())
+  return 0
