@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rehyat_jax.models.sharding import logical
+from rehyat_jax.core.adapters import AdapterParam
+from rehyat_jax.core.sharding import logical
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # exact erf GELU, as torch's default
@@ -31,7 +32,7 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 MAX_DEGREE = 4
 
 
-class PhiParam(nnx.Param):
+class PhiParam(AdapterParam):
   """Parameter of a ReHyAt feature map (the only thing stage-1 distillation trains)."""
 
 

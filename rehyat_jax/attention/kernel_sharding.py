@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import jax
 from jax.sharding import PartitionSpec as P
 
-from rehyat_jax.models.sharding import BATCH_AXES, HEAD_AXIS
+from rehyat_jax.core.sharding import BATCH_AXES, HEAD_AXIS
 
 # (batch dim, head dim) of an operand, or None for an operand every shard needs whole.
 Layout = tuple[int, int] | None

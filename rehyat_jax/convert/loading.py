@@ -17,7 +17,7 @@ from flax import nnx
 from rehyat_jax.attention.config import RehyatConfig
 from rehyat_jax.attention.feature_maps import PhiParam
 from rehyat_jax.convert.wan_dit import read_converted_config, restore_params
-from rehyat_jax.models import sharding as sharding_lib
+from rehyat_jax.core import sharding as sharding_lib
 from rehyat_jax.models.params import TEACHER_PARAMS, canonical_to_model_layout
 from rehyat_jax.models.wan import RuntimeConfig, WanDiT
 

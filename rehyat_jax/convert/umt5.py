@@ -39,7 +39,7 @@ from rehyat_jax.convert.safetensors_source import INDEX_SUFFIX, CheckpointError
 from rehyat_jax.convert.tensor_source import TORCH_SUFFIXES, TensorSource, open_safetensors, open_torch_file
 from rehyat_jax.convert.wan_dit import (CONFIG_FILE, SOURCE_FLOAT_DTYPES, PARAMS_DIR, TARGET_DTYPES, copy_into, restore_params,
                                         write_converted)
-from rehyat_jax.models import sharding as sharding_lib
+from rehyat_jax.core import sharding as sharding_lib
 from rehyat_jax.models.config import PrecisionPolicy
 from rehyat_jax.models.umt5 import UMT5Config, UMT5Encoder
 

@@ -2,7 +2,7 @@
 
 Every parameter is created through ``sharding.logical`` so it carries logical axis names
 (replicated ones too: an unannotated parameter gets a propagated sharding after step 0 and forces
-a recompile). Logical names are listed in ``rehyat_jax.models.sharding``.
+a recompile). Logical names are listed in ``rehyat_jax.core.sharding``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rehyat_jax.models.sharding import logical
+from rehyat_jax.core.sharding import logical
 
 Axes = Sequence[str | None]
 

@@ -12,10 +12,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from rehyat_jax.attention.feature_maps import PhiParam
-
-# The teacher's parameters: everything a converted Wan checkpoint holds (ReHyAt's phi excluded).
-TEACHER_PARAMS = nnx.All(nnx.Param, nnx.Not(PhiParam))
+from rehyat_jax.core.adapters import TEACHER_PARAMS
 
 
 def _shape_tree(tree: Any) -> Any:

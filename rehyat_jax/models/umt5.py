@@ -29,7 +29,7 @@ from flax import nnx
 
 from rehyat_jax.models.config import PrecisionPolicy
 from rehyat_jax.models.layers import RMSNorm, annotated_param
-from rehyat_jax.models.sharding import logical
+from rehyat_jax.core.sharding import logical
 
 # transformers' name for the tanh-approximated GELU of T5 v1.1's gated FFN ("gated-gelu").
 GATED_GELU = "gated-gelu"

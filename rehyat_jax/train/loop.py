@@ -14,7 +14,7 @@ from flax import nnx
 from rehyat_jax.data.builders import LatentShapes
 from rehyat_jax.data.pipeline import make_train_iterator, to_global_batch
 from rehyat_jax.data.sources import SyntheticLatentSource, open_latent_source, open_prompt_source
-from rehyat_jax.models import sharding as sharding_lib
+from rehyat_jax.core import sharding as sharding_lib
 from rehyat_jax.train import checkpointing, metrics as metrics_lib, step as step_lib
 from rehyat_jax.train.config_checks import check_config
 from rehyat_jax.train.mesh import BATCH_AXES, batch_sharding, initialize_distributed, make_mesh, replicated

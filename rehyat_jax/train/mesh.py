@@ -10,7 +10,7 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from rehyat_jax.models.sharding import BATCH_AXES, MESH_AXES  # noqa: F401 (re-exported)
+from rehyat_jax.core.sharding import BATCH_AXES, MESH_AXES  # noqa: F401 (re-exported)
 
 
 def initialize_distributed(mesh_cfg) -> None:

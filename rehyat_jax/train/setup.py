@@ -14,7 +14,7 @@ from flax import nnx
 
 from rehyat_jax.attention.feature_maps import PhiParam
 from rehyat_jax.convert import load_pretrained
-from rehyat_jax.models import sharding as sharding_lib
+from rehyat_jax.core import sharding as sharding_lib
 from rehyat_jax.models.config import PRESETS
 from rehyat_jax.models.wan import RuntimeConfig, WanDiT
 from rehyat_jax.train.config_checks import rehyat_config

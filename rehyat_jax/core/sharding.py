@@ -10,7 +10,7 @@ Names used by the model and the feature maps:
   vocab       token vocabulary (umT5 embedding rows)  relpos_buckets  umT5 relative-position buckets
   conv_in     input channels of a VAE conv kernel     conv_out   its output channels
   None        never sharded
-Training maps these to mesh axes with logical-axis rules (``train/``).
+Training maps these to mesh axes with the rules below (``DEFAULT_RULES``).
 """
 
 from __future__ import annotations
