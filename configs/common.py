@@ -1,14 +1,18 @@
 """Shared defaults of every training config; each job file overrides what its recipe fixes.
 
 Field reference (all validated in ``rehyat_jax.train.config_checks`` before anything compiles):
-  stage               'distill' (stage 1: only phi trains) | 'finetune' (stage 2: flow matching)
+  stage               'distill' (stage 1: only the adapters, phi, train) | 'finetune' (stage 2: flow matching)
   model.preset        architecture when no checkpoint is given (random teacher): tiny | t2v-1.3b | t2v-14b
   model.checkpoint    converted teacher (tools/convert_wan_weights.py); '' = random weights from model.seed
-  model.precision     fp32 | bf16 (fp32 master weights, bf16 matmuls) | bf16_params
-  model.scan_layers, model.remat (none | full | dots | dots_no_batch), model.softmax_backend,
-                      model.hybrid_backend (ReHyAt window: auto | xla | pallas | pallas_bwd | pallas_tpu),
-                      model.hybrid_chunks_per_step (XLA window memory bound; 0 = off)
-  rehyat.*            RehyatConfig fields (chunk/overlap in latent frames, causal, mode, converted_blocks)
+  model.student       a student export (stage 1 writes <workdir>/student_export) whose adapters start this run
+  model.*             the other model fields are RuntimeConfig's (rehyat_jax/models/wan.py), same names:
+                      precision (fp32 | bf16 | bf16_params), scan_layers, remat (none | full | dots |
+                      dots_no_batch), softmax_backend, hybrid_form (reference | parallel | recurrent),
+                      window_backend (auto | a name of rehyat_jax.attention.WINDOW_BACKENDS),
+                      window_backward (xla | pallas), window_chunks_per_step (None = all chunks at once)
+  rehyat.*            RehyatConfig fields, same names (rehyat_jax/attention/config.py): chunk_frames,
+                      overlap_frames (latent frames), causal, phi_input, converted_blocks, and
+                      feature_map (kind + that kind's options: rehyat_jax.attention.FEATURE_MAPS)
   data.source         synthetic | latents (array_record dataset) | trajectories (teacher sampling, stage 1)
   data.latent_shape   (frames, height, width) of the latents; channels come from the model
   optim.*             AdamW with warmup + cosine decay, clipping, gradient accumulation
@@ -27,26 +31,24 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.preset = "tiny"
   c.model.checkpoint = ""
   c.model.seed = 0
-  c.model.phi_checkpoint = ""          # stage 2: phi exported by stage 1 (train/checkpointing.export_phi)
+  c.model.student = ""                 # stage 2: the student export stage 1 wrote (<workdir>/student_export)
   c.model.precision = "fp32"
   c.model.scan_layers = True
   c.model.remat = "none"
   c.model.softmax_backend = "auto"
-  c.model.hybrid_backend = "auto"  # auto | xla | pallas | pallas_bwd, pallas_tpu (experimental)
-  c.model.hybrid_chunks_per_step = 0  # XLA window: score memory per this many chunks; 0 = all at once
+  c.model.hybrid_form = "parallel"
+  c.model.window_backend = "auto"
+  c.model.window_backward = "xla"
+  c.model.window_chunks_per_step = ml_collections.config_dict.placeholder(int)  # None: all chunks at once
 
   c.rehyat = ml_collections.ConfigDict()
   c.rehyat.chunk_frames = 3
   c.rehyat.overlap_frames = 1
   c.rehyat.causal = True
-  c.rehyat.mode = "parallel"
   c.rehyat.phi_input = "post_rope"
   c.rehyat.converted_blocks = "all"   # 'all', a count, or a comma-separated list of block ids
-  c.rehyat.degree = 2
-  c.rehyat.hidden = 256
-  c.rehyat.feature_dim = 128
-  c.rehyat.activation = "gelu"
-  c.rehyat.init_scale = 1e-3
+  c.rehyat.feature_map = ml_collections.ConfigDict(
+      {"kind": "mlp_power", "degree": 2, "hidden": 256, "feature_dim": 128, "activation": "gelu", "init_scale": 1e-3})
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "synthetic"
@@ -76,7 +78,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.log_every = 10
   c.train.checkpoint_every = 200
   c.train.keep_checkpoints = 3
-  c.train.trainable = "phi"           # stage 2: 'all' | 'phi' | a regex over parameter paths
+  c.train.trainable = "adapters"      # stage 2: 'all' | 'adapters' | a regex over parameter paths
   c.train.ema_decay = 0.0             # stage 2: 0 disables EMA
 
   c.mesh = ml_collections.ConfigDict()

@@ -1,6 +1,6 @@
 """Stage 1 for Wan2.1-T2V-1.3B at 81x480x832 (21x60x104 latents, 32,760 tokens).
 
-Recipe (paper, method.md §5): only phi_q / phi_k train, L1 per block between each converted
+Recipe (paper, docs/method.md §5): only phi_q / phi_k train, L1 per block between each converted
 block's softmax and hybrid outputs from the same q, k, v, all blocks at once from one teacher
 forward; inputs from teacher sampling trajectories (no paired video data). 15 of 30 blocks with
 Tc=3, To=1, causal, is the paper's best VBench setting; rank blocks first with

@@ -14,9 +14,9 @@ def get_config(arg: str | None = None):
   c.model.preset = "tiny"
   c.rehyat.chunk_frames = 2
   c.rehyat.overlap_frames = 1
-  c.rehyat.hidden = 32
-  c.rehyat.feature_dim = 16
-  c.rehyat.init_scale = 0.1
+  c.rehyat.feature_map.hidden = 32
+  c.rehyat.feature_map.feature_dim = 16
+  c.rehyat.feature_map.init_scale = 0.1
   # 24 tokens per latent frame: enough far tokens for a linear term to have something to model.
   c.data.latent_shape = (9, 8, 12)
   c.data.num_examples = 32
@@ -27,5 +27,5 @@ def get_config(arg: str | None = None):
   c.train.global_batch_size = 4
   c.train.log_every = 50 if c.stage == "distill" else 10
   c.train.checkpoint_every = 100
-  c.train.trainable = "phi" if c.stage == "distill" else "all"
+  c.train.trainable = "adapters" if c.stage == "distill" else "all"
   return c

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Set up (if needed) and run the whole test suite on CPU.
+# Set up (if needed), lint, and run the whole test suite on CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash launch/setup.sh
 export JAX_PLATFORMS=cpu
+# Lint first (syntax errors and pyflakes, pyproject.toml [tool.ruff]): fail fast, before the slow suite.
+.venv/bin/python -m ruff check rehyat_jax tools bench configs tests
 exec .venv/bin/python -m pytest -q -n 2 "$@"

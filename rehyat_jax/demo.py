@@ -5,7 +5,7 @@
 The teacher's weights are random (fixed seed): real Wan2.1 weights cannot ship with the
 repository. Part 1 writes a tiny checkpoint in the original Wan2.1 layout, converts it with the
 real converter, loads a softmax teacher and a causal ReHyAt student, and checks that the
-student's reference / parallel / scan forms and the whole-model recurrent forward agree.
+student's reference / parallel / recurrent forms and the whole-model recurrent forward agree.
 Part 2 runs the two training stages on configs/tiny.py: stage 1 distils phi (the per-block
 attention error falls below the phi == 0 baseline), stage 2 finetunes the whole student with
 flow matching from the stage-1 phi; both write Orbax checkpoints; a summary table ends the run.
@@ -24,11 +24,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from rehyat_jax.attention import FORMS
 from rehyat_jax.attention.config import RehyatConfig
 from rehyat_jax.attention.feature_maps import FeatureMapConfig
 from rehyat_jax.convert import convert_wan_checkpoint, load_pretrained
 from rehyat_jax.convert.random_checkpoint import make_random_checkpoint
 from rehyat_jax.models.config import WanConfig
+from rehyat_jax.models.wan import RuntimeConfig
 
 # Small enough for 2 CPU cores in seconds, large enough to have real chunk structure.
 DEMO_CONFIG = WanConfig(dim=96, ffn_dim=192, num_heads=4, num_layers=4, in_dim=16, out_dim=16, text_dim=64,
@@ -81,10 +83,9 @@ def main(argv=None) -> int:
     print(f"converted {src} -> {dst} in {time.perf_counter() - t0:.2f}s")
 
     rehyat = RehyatConfig(chunk_frames=args.chunk_frames, overlap_frames=args.overlap_frames, causal=True,
-                          mode="parallel", feature_map=dataclasses.replace(DEMO_PHI, init_scale=0.3))
+                          feature_map=dataclasses.replace(DEMO_PHI, init_scale=0.3))
     teacher = load_pretrained(dst)
-    students = {mode: load_pretrained(dst, rehyat=dataclasses.replace(rehyat, mode=mode))
-                for mode in ("reference", "parallel", "scan")}
+    students = {form: load_pretrained(dst, run=RuntimeConfig(hybrid_form=form), rehyat=rehyat) for form in FORMS}
 
     key = jax.random.key(0)
     latents = jax.random.normal(key, (1, DEMO_CONFIG.in_dim, args.frames, args.height, args.width))
@@ -93,9 +94,9 @@ def main(argv=None) -> int:
     inputs = (latents, timesteps, text)
 
     runs = {"teacher (full softmax)": timed(jitted(teacher, "__call__"), *inputs)}
-    for mode, model in students.items():
-      runs[f"student {mode}"] = timed(jitted(model, "__call__"), *inputs)
-    runs["student recurrent (whole DiT)"] = timed(jitted(students["parallel"], "recurrent_forward"), *inputs)
+    for form, model in students.items():
+      runs[f"student {form}"] = timed(jitted(model, "__call__"), *inputs)
+    runs["student recurrent_forward (whole DiT)"] = timed(jitted(students["parallel"], "recurrent_forward"), *inputs)
 
     reference = runs["student reference"][0]
     print(f"\nlatents {latents.shape}, chunk {args.chunk_frames} frames, overlap {args.overlap_frames}, causal,"
@@ -126,7 +127,7 @@ def training_demo(workdir: Path) -> int:
   s1 = run(stage1)
   stage2 = tiny.get_config("finetune")
   stage2.workdir = str(workdir / "stage2")
-  stage2.model.phi_checkpoint = str(Path(stage1.workdir) / "phi_export")
+  stage2.model.student = s1["student_export"]
   s2 = run(stage2)
   report = s1["block_report"]
   rel, base = report["relative_error"], report["baseline_error"]
@@ -135,11 +136,11 @@ def training_demo(workdir: Path) -> int:
   print(f"| held-out attention error, mean over blocks: trained phi / phi=0 | {rel.mean():.3f} / {base.mean():.3f}"
         f" ({rel.mean() / base.mean():.2f}x) |")
   print(f"| stage 2 loss (first -> last log) | {s2['history'][0]['loss']:.4f} -> {s2['history'][-1]['loss']:.4f} |")
-  print(f"| checkpoints | {stage1.workdir}/checkpoints, {stage2.workdir}/checkpoints, phi: "
-        f"{stage1.workdir}/phi_export |")
+  print(f"| checkpoints | {stage1.workdir}/checkpoints, {stage2.workdir}/checkpoints, student export: "
+        f"{s1['student_export']} |")
   print("\nOn a real model: convert Wan2.1 (tools/convert_wan_weights.py), then\n"
         "  python -m rehyat_jax.train --config configs/distill_wan_1_3b.py --config.model.checkpoint=ckpt/...\n"
-        "  python -m rehyat_jax.train --config configs/finetune_wan_1_3b.py --config.model.phi_checkpoint=...")
+        "  python -m rehyat_jax.train --config configs/finetune_wan_1_3b.py --config.model.student=runs/distill_wan_1_3b/student_export")
   if not rel.mean() < base.mean():
     print("ERROR: stage 1 did not reduce the attention error below the phi == 0 baseline")
     return 1

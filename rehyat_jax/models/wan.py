@@ -18,17 +18,17 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from rehyat_jax.attention import (FORMS, SOFTMAX_BACKENDS, RecurrentState, build_feature_map,
+                                  check_window_settings, hybrid_attention, init_recurrent_state,
+                                  recurrent_chunk_step, softmax_attention)
 from rehyat_jax.attention.config import RehyatConfig
-from rehyat_jax.attention.feature_maps import FeatureMap
-from rehyat_jax.attention.hybrid import hybrid_attention
-from rehyat_jax.attention.scan import RecurrentState, init_recurrent_state, recurrent_chunk_step
-from rehyat_jax.attention.softmax import BACKENDS as SOFTMAX_BACKENDS
-from rehyat_jax.attention.softmax import softmax_attention
-from rehyat_jax.attention.window import BACKENDS as WINDOW_BACKENDS
 from rehyat_jax.models import rope as rope_lib
 from rehyat_jax.models.config import PrecisionPolicy, WanConfig
 from rehyat_jax.models.layers import (AffineLayerNorm, MLP2, PatchEmbed, RMSNorm, annotated_param, dense,
                                       layer_norm, sinusoidal_embedding, zeros)
+
+# hook(self_attn, x, rope, geometry, converted) -> (attention output [B, N, dim], aux)
+AttentionHook = Callable[..., tuple[jnp.ndarray, object]]
 
 REMAT_POLICIES: dict[str, Callable | None] = {
     "none": None,
@@ -40,11 +40,14 @@ REMAT_POLICIES: dict[str, Callable | None] = {
 
 @dataclasses.dataclass(frozen=True)
 class RuntimeConfig:
-  """How a model runs (not what it is): precision, layer scan, remat, attention backends.
+  """How a model runs (not what it is): precision, layer scan, remat, attention implementations.
 
-  ``softmax_backend``: full softmax attention (attention/softmax.py); ``hybrid_backend``: the
-  ReHyAt softmax window (attention/window.py: auto | xla | pallas | pallas_bwd);
-  ``hybrid_chunks_per_step``: with the XLA window, materialise the window scores this many
+  None of these change the function a model computes (up to round-off), so they are chosen per
+  run and never stored with a student. ``softmax_backend``: full softmax attention
+  (``attention.SOFTMAX_BACKENDS``). ReHyAt blocks: ``hybrid_form`` ('reference' | 'parallel' |
+  'recurrent', ``attention.FORMS``); ``window_backend`` / ``window_backward``: the softmax
+  window's forward and backward implementation (``attention.WINDOW_BACKENDS``);
+  ``window_chunks_per_step``: with the XLA window, materialise the window scores this many
   chunks at a time (None: all chunks at once), which bounds per-layer memory at long lengths.
   """
 
@@ -52,18 +55,21 @@ class RuntimeConfig:
   scan_layers: bool = True
   remat: str = "none"
   softmax_backend: str = "auto"
-  hybrid_backend: str = "auto"
-  hybrid_chunks_per_step: int | None = None
+  hybrid_form: str = "parallel"
+  window_backend: str = "auto"
+  window_backward: str = "xla"
+  window_chunks_per_step: int | None = None
 
   def __post_init__(self):
     PrecisionPolicy.named(self.precision)
     if self.softmax_backend not in SOFTMAX_BACKENDS:
       raise ValueError(f"unknown softmax_backend {self.softmax_backend!r}; choose one of {SOFTMAX_BACKENDS}")
-    if self.hybrid_backend not in WINDOW_BACKENDS:
-      raise ValueError(f"unknown hybrid_backend {self.hybrid_backend!r}; choose one of {WINDOW_BACKENDS}")
-    steps = self.hybrid_chunks_per_step
+    if self.hybrid_form not in FORMS:
+      raise ValueError(f"unknown hybrid_form {self.hybrid_form!r}; choose one of {FORMS}")
+    check_window_settings(self.window_backend, self.window_backward)
+    steps = self.window_chunks_per_step
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-      raise ValueError(f"hybrid_chunks_per_step must be None or an int >= 1, got {steps!r}")
+      raise ValueError(f"window_chunks_per_step must be None or an int >= 1, got {steps!r}")
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"unknown remat policy {self.remat!r}; choose one of {sorted(REMAT_POLICIES)}")
 
@@ -99,7 +105,9 @@ class SelfAttention(nnx.Module):
   """q/k/v/o projections, RMSNorm over the full width before the head split, 3D RoPE, attention.
 
   With a ``RehyatConfig`` the module also owns phi_q, phi_k and can run the hybrid instead of
-  full softmax (``converted``), or one chunk of the causal RNN (``recurrent_step``).
+  full softmax (``converted``), or one chunk of the causal RNN (``recurrent_step``). ``qkv``,
+  ``softmax``, ``hybrid`` and ``o`` are public so an attention hook (``WanDiT.forward_with_hook``)
+  can compose them differently, e.g. stage-1 distillation runs both branches on one q, k, v.
   """
 
   def __init__(self, cfg: WanConfig, run: RuntimeConfig, rehyat: RehyatConfig | None = None, *,
@@ -108,8 +116,9 @@ class SelfAttention(nnx.Module):
     self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
     self.compute_dtype = p.compute_dtype
     self.softmax_backend = run.softmax_backend
-    self.hybrid_backend = run.hybrid_backend
-    self.hybrid_chunks_per_step = run.hybrid_chunks_per_step
+    self.hybrid_form = run.hybrid_form
+    self.window_backend, self.window_backward = run.window_backend, run.window_backward
+    self.window_chunks_per_step = run.window_chunks_per_step
     self.rehyat = rehyat
     mk = functools.partial(dense, rngs=rngs, param_dtype=p.param_dtype, dtype=p.compute_dtype)
     self.q = mk(cfg.dim, cfg.dim, ("embed", "heads"))
@@ -119,8 +128,8 @@ class SelfAttention(nnx.Module):
     self.norm_q = RMSNorm(cfg.dim, cfg.eps, rngs=rngs)
     self.norm_k = RMSNorm(cfg.dim, cfg.eps, rngs=rngs)
     if rehyat is not None:
-      self.phi_q = FeatureMap.from_config(rehyat.feature_map, cfg.num_heads, cfg.head_dim, rngs=rngs)
-      self.phi_k = FeatureMap.from_config(rehyat.feature_map, cfg.num_heads, cfg.head_dim, rngs=rngs)
+      self.phi_q = build_feature_map(rehyat.feature_map, cfg.num_heads, cfg.head_dim, rngs=rngs)
+      self.phi_k = build_feature_map(rehyat.feature_map, cfg.num_heads, cfg.head_dim, rngs=rngs)
 
   def qkv(self, x: jnp.ndarray, rope: rope_lib.RopeTables):
     """Post-RoPE q, k and v as [B, N, H, D] in the compute dtype, plus the inputs phi sees."""
@@ -133,53 +142,36 @@ class SelfAttention(nnx.Module):
     phi_inputs = (q, k) if self.rehyat is None or self.rehyat.phi_input == "post_rope" else (q_pre, k_pre)
     return q, k, v, phi_inputs
 
-  def _hybrid(self, q, k, v, phi_inputs, geometry: Geometry) -> jnp.ndarray:
+  def softmax(self, q, k, v) -> jnp.ndarray:
+    """The teacher's full softmax attention, [B, N, H, D]."""
+    return softmax_attention(q, k, v, backend=self.softmax_backend)
+
+  def hybrid(self, q, k, v, phi_inputs, geometry: Geometry) -> jnp.ndarray:
+    """ReHyAt over the whole sequence, [B, N, H, D] in q's dtype (``phi_inputs`` from ``qkv``)."""
     r = self.rehyat
     return hybrid_attention(q, k, v, self.phi_q(phi_inputs[0]), self.phi_k(phi_inputs[1]),
                             tokens_per_frame=geometry.tokens_per_frame, chunk_frames=r.chunk_frames,
-                            overlap_frames=r.overlap_frames, causal=r.causal, mode=r.mode,
-                            backend=self.hybrid_backend,
-                            chunks_per_step=self.hybrid_chunks_per_step).astype(q.dtype)
+                            overlap_frames=r.overlap_frames, causal=r.causal, form=self.hybrid_form,
+                            window_backend=self.window_backend, window_backward=self.window_backward,
+                            window_chunks_per_step=self.window_chunks_per_step).astype(q.dtype)
+
+  def output(self, heads: jnp.ndarray) -> jnp.ndarray:
+    """[B, N, H, D] attention output -> the output projection, [B, N, dim]."""
+    return self.o(heads.reshape(*heads.shape[:2], -1))
 
   def __call__(self, x: jnp.ndarray, rope: rope_lib.RopeTables, geometry: Geometry,
                converted: bool | jnp.ndarray = False) -> jnp.ndarray:
     """``converted``: a Python bool, or a traced bool (one scanned stack mixing both kinds)."""
     q, k, v, phi_inputs = self.qkv(x, rope)
-    softmax = lambda: softmax_attention(q, k, v, backend=self.softmax_backend)
-    hybrid = lambda: self._hybrid(q, k, v, phi_inputs, geometry)
+    softmax = lambda: self.softmax(q, k, v)
+    hybrid = lambda: self.hybrid(q, k, v, phi_inputs, geometry)
     if self.rehyat is None or converted is False:
       out = softmax()
     elif converted is True:
       out = hybrid()
     else:
       out = jax.lax.cond(converted, hybrid, softmax)
-    return self.o(out.reshape(*x.shape[:2], -1))
-
-  def distill(self, x: jnp.ndarray, rope: rope_lib.RopeTables, geometry: Geometry,
-              converted: bool | jnp.ndarray = True) -> tuple[jnp.ndarray, dict]:
-    """Stage-1 distillation: the teacher's softmax output (which the block passes on, so the
-    residual stream stays the teacher's) and the L1 distance of the hybrid computed from the
-    same q, k, v. Gradients reach only phi: q, k, v are stop-gradient for the student branch."""
-    q, k, v, phi_inputs = self.qkv(x, rope)
-    teacher = softmax_attention(q, k, v, backend=self.softmax_backend)
-    teacher32 = jax.lax.stop_gradient(teacher.astype(jnp.float32))
-    sg = jax.lax.stop_gradient
-
-    per_sample = lambda t: jnp.mean(t, axis=(1, 2, 3))  # [B]: per-sample stats allow timestep buckets
-
-    def student_l1():
-      student = self._hybrid(sg(q), sg(k), sg(v), (sg(phi_inputs[0]), sg(phi_inputs[1])), geometry)
-      return per_sample(jnp.abs(student.astype(jnp.float32) - teacher32))
-
-    zeros = lambda: jnp.zeros((x.shape[0],), jnp.float32)
-    if converted is True:
-      l1 = student_l1()
-    elif converted is False:
-      l1 = zeros()
-    else:
-      l1 = jax.lax.cond(converted, student_l1, zeros)
-    stats = {"l1": l1, "teacher_abs": per_sample(jnp.abs(teacher32))}
-    return self.o(teacher.reshape(*x.shape[:2], -1)), stats
+    return self.output(out)
 
   def recurrent_step(self, x: jnp.ndarray, rope: rope_lib.RopeTables, geometry: Geometry,
                      state: RecurrentState) -> tuple[jnp.ndarray, RecurrentState]:
@@ -187,8 +179,9 @@ class SelfAttention(nnx.Module):
     q, k, v, phi_inputs = self.qkv(x, rope)
     state, out = recurrent_chunk_step(state, q, k, v, self.phi_q(phi_inputs[0]), self.phi_k(phi_inputs[1]),
                                       tokens_per_frame=geometry.tokens_per_frame,
-                                      backend=self.hybrid_backend)
-    return self.o(out.astype(q.dtype).reshape(*x.shape[:2], -1)), state
+                                      window_backend=self.window_backend,
+                                      window_backward=self.window_backward)
+    return self.output(out.astype(q.dtype)), state
 
   def initial_state(self, batch: int, geometry: Geometry) -> RecurrentState:
     return init_recurrent_state(batch, self.num_heads, self.head_dim, self.rehyat.feature_map.output_dim,
@@ -261,9 +254,9 @@ class WanBlock(nnx.Module):
     attend = lambda h: (self.self_attn(h, rope, geometry, converted), None)
     return self._residual(x, e0, context, attend)[0]
 
-  def distill(self, x, e0, context, rope, geometry, converted: bool | jnp.ndarray = True):
-    """(x after the block on the teacher's path, per-block distillation stats)."""
-    attend = lambda h: self.self_attn.distill(h, rope, geometry, converted)
+  def hooked(self, x, e0, context, rope, geometry, converted, hook: "AttentionHook"):
+    """(x after the block, the hook's aux) with self-attention computed by ``hook``."""
+    attend = lambda h: hook(self.self_attn, h, rope, geometry, converted)
     return self._residual(x, e0, context, attend)
 
   def recurrent_step(self, x, e0, context, rope, geometry, state: RecurrentState):
@@ -304,6 +297,9 @@ class WanDiT(nnx.Module):
   def __init__(self, cfg: WanConfig, run: RuntimeConfig = RuntimeConfig(), rehyat: RehyatConfig | None = None,
                *, rngs: nnx.Rngs):
     self.cfg, self.run, self.rehyat = cfg, run, rehyat
+    if rehyat is not None and not rehyat.causal and run.hybrid_form == "recurrent":
+      raise ValueError("hybrid_form='recurrent' needs a causal student (rehyat.causal=True): the recurrent "
+                       "form is causal only; use hybrid_form='parallel' or 'reference'")
     self.converted = rehyat.converted_mask(cfg.num_layers) if rehyat is not None else (False,) * cfg.num_layers
     p = run.policy
     normal = nnx.initializers.normal(0.02)
@@ -359,17 +355,18 @@ class WanDiT(nnx.Module):
     return rope_lib.rope_tables(self.cfg.head_dim, (geometry.frames, geometry.height, geometry.width),
                                 theta=self.cfg.rope_theta)
 
-  def run_blocks(self, x, e0, text, rope, geometry, *, distill: bool = False):
-    """All blocks; with ``distill`` returns (x, stats stacked over layers) instead of x."""
+  def run_blocks(self, x, e0, text, rope, geometry, *, hook: "AttentionHook | None" = None):
+    """All blocks; with an attention ``hook`` returns (x, the hook's aux stacked over layers)."""
     policy = REMAT_POLICIES[self.run.remat]
     flags = self.converted
+    hooked = hook is not None
 
     def body(x, block, converted):
-      if distill:
-        return block.distill(x, e0, text, rope, geometry, converted)
+      if hooked:
+        return block.hooked(x, e0, text, rope, geometry, converted, hook)
       return block(x, e0, text, rope, geometry, converted)
 
-    out_axes = (nnx.Carry, 0) if distill else nnx.Carry
+    out_axes = (nnx.Carry, 0) if hooked else nnx.Carry
     # Tree mode (graph=False): the stacked blocks are a plain pytree to the scan, so the model
     # can be rebuilt with nnx.merge inside jit/grad from states passed as arguments.
     if self.run.scan_layers:
@@ -386,27 +383,28 @@ class WanDiT(nnx.Module):
     stats = []
     for block, converted in zip(self.blocks, flags):
       x = body(x, block, converted)
-      if distill:
+      if hooked:
         x, block_stats = x
         stats.append(block_stats)
-    return (x, jax.tree_util.tree_map(lambda *a: jnp.stack(a), *stats)) if distill else x
+    return (x, jax.tree_util.tree_map(lambda *a: jnp.stack(a), *stats)) if hooked else x
 
   def __call__(self, latents: jnp.ndarray, timesteps: jnp.ndarray, context: jnp.ndarray) -> jnp.ndarray:
     x, e, e0, text, geometry = self.embed(latents, timesteps, context)
     x = self.run_blocks(x, e0, text, self._rope(geometry), geometry)
     return self.unpatchify(self.head(x, e), geometry)
 
-  def distill_forward(self, latents: jnp.ndarray, timesteps: jnp.ndarray, context: jnp.ndarray):
-    """Teacher forward that also measures every converted block's hybrid against its softmax.
+  def forward_with_hook(self, latents: jnp.ndarray, timesteps: jnp.ndarray, context: jnp.ndarray,
+                        hook: "AttentionHook") -> tuple[jnp.ndarray, object]:
+    """``__call__`` with every block's self-attention computed by ``hook``.
 
-    Returns (the teacher's flow prediction, {"l1": [L, B], "teacher_abs": [L, B]}), per block and
-    sample: mean |softmax - hybrid| and mean |softmax|; "l1" is zero for blocks not converted. One forward serves both a sampler step and a stage-1 update.
+    ``hook(self_attn, x, rope, geometry, converted) -> (attention output [B, N, dim], aux)`` gets
+    the block's ``SelfAttention`` (``qkv``, ``softmax``, ``hybrid``, ``output``) and whether the
+    block is converted (a bool, or a traced bool in a mixed layer scan). Returns (flow, aux with a
+    leading [num_layers] axis). Training objectives live with their stage (``train/stages``).
     """
-    if self.rehyat is None:
-      raise ValueError("distill_forward needs a ReHyAt student (WanDiT(..., rehyat=RehyatConfig(...)))")
     x, e, e0, text, geometry = self.embed(latents, timesteps, context)
-    x, stats = self.run_blocks(x, e0, text, self._rope(geometry), geometry, distill=True)
-    return self.unpatchify(self.head(x, e), geometry), stats
+    x, aux = self.run_blocks(x, e0, text, self._rope(geometry), geometry, hook=hook)
+    return self.unpatchify(self.head(x, e), geometry), aux
 
   def recurrent_forward(self, latents: jnp.ndarray, timesteps: jnp.ndarray, context: jnp.ndarray) -> jnp.ndarray:
     """The same function as ``__call__`` for an all-causal-ReHyAt model, run chunk by chunk.

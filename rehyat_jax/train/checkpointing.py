@@ -1,5 +1,5 @@
 """Orbax checkpointing of a run: train state, data-iterator state, trajectory state and metadata,
-async with keep-last-k; phi-only export for stage-1 results.
+async with keep-last-k. (A stage's student export is ``rehyat_jax.convert.student``.)
 
 A checkpoint records the model config and trainable set it was written for; restoring it into a
 different model fails with a message naming the differences before any array is read, and the
@@ -8,16 +8,12 @@ existing checkpoints are left untouched.
 
 from __future__ import annotations
 
-import json
 import os
 from etils import epath
 
 import grain
 import jax
 import orbax.checkpoint as ocp
-from flax import nnx
-
-from rehyat_jax.attention.feature_maps import PhiParam
 
 
 def run_path(path: str | os.PathLike) -> epath.Path:
@@ -78,24 +74,3 @@ class RunCheckpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
-
-
-def export_phi(trainable, directory: str | os.PathLike) -> epath.Path:
-  """Write only the feature maps (a few MB per block) as a standalone Orbax checkpoint."""
-  phi = nnx.split_state(trainable, PhiParam, ...)[0] if not isinstance(trainable, nnx.Module) else \
-      nnx.state(trainable, PhiParam)
-  directory = run_path(directory)
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(directory / "phi", nnx.to_pure_dict(phi), force=True)
-  checkpointer.wait_until_finished()
-  (directory / "phi.json").write_text(json.dumps({"leaves": len(jax.tree_util.tree_leaves(phi))}))
-  return directory
-
-
-def restore_phi(directory: str | os.PathLike, model: nnx.Module) -> None:
-  """Load exported phi into ``model`` (in place); shapes must match."""
-  target = nnx.state(model, PhiParam)
-  abstract = _abstract(nnx.to_pure_dict(target))
-  values = ocp.StandardCheckpointer().restore(run_path(directory) / "phi", abstract)
-  nnx.replace_by_pure_dict(target, values)
-  nnx.update(model, target)

@@ -1,70 +1,66 @@
-"""Validation of a training config before anything is built or compiled; errors name the field."""
+"""A training config -> the objects it describes, validated before anything is built or compiled.
+
+``student_config`` and ``runtime_config`` read ``cfg.rehyat`` and ``cfg.model`` field for field
+(the config's names are the dataclasses' names, so nothing is re-spelled here); ``check_config``
+raises ``ConfigError`` naming the first field that cannot work.
+"""
 
 from __future__ import annotations
 
-import re
+import dataclasses
 
 from rehyat_jax.attention.config import RehyatConfig
-from rehyat_jax.attention.feature_maps import FeatureMapConfig
-from rehyat_jax.models.config import PRESETS, PrecisionPolicy
-from rehyat_jax.models.wan import REMAT_POLICIES
+from rehyat_jax.models.config import PRESETS
+from rehyat_jax.models.wan import RuntimeConfig
+from rehyat_jax.train.errors import ConfigError
 from rehyat_jax.train.mesh import resolve_mesh_shape
+from rehyat_jax.train.stages import STAGES
 
-STAGES = ("distill", "finetune")
 SOURCES = ("synthetic", "latents", "trajectories")
+RUNTIME_FIELDS = tuple(f.name for f in dataclasses.fields(RuntimeConfig))
+
+__all__ = ["ConfigError", "SOURCES", "check_config", "runtime_config", "stage_of", "student_config"]
 
 
-class ConfigError(ValueError):
-  """A training config that cannot run; the message names the field."""
-
-
-def converted_blocks_spec(value):
-  """'all' | int | '1,5,7' | sequence -> what RehyatConfig takes."""
-  if isinstance(value, str) and value != "all":
-    text = value.strip()
-    if re.fullmatch(r"\d+", text):
-      return int(text)
-    try:
-      return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-      raise ConfigError(f"rehyat.converted_blocks must be 'all', a count or a list of block ids, got {value!r}")
-  return value
-
-
-def rehyat_config(cfg) -> RehyatConfig:
-  r = cfg.rehyat
+def student_config(cfg) -> RehyatConfig:
+  """``cfg.rehyat`` as a ``RehyatConfig``; ConfigError naming the field."""
   try:
-    fm = FeatureMapConfig(degree=r.degree, hidden=r.hidden, feature_dim=r.feature_dim, activation=r.activation,
-                          init_scale=r.init_scale)
-    return RehyatConfig(chunk_frames=r.chunk_frames, overlap_frames=r.overlap_frames, causal=r.causal,
-                        mode=r.mode, phi_input=r.phi_input,
-                        converted_blocks=converted_blocks_spec(r.converted_blocks), feature_map=fm)
-  except ValueError as e:
-    raise ConfigError(str(e) if str(e).startswith("rehyat.") else f"rehyat: {e}") from None
+    return RehyatConfig.from_dict(cfg.rehyat.to_dict())
+  except (TypeError, ValueError) as e:
+    raise ConfigError(str(e) if str(e).startswith("rehyat") else f"rehyat: {e}") from None
+
+
+def runtime_config(cfg) -> RuntimeConfig:
+  """The ``cfg.model`` fields named like ``RuntimeConfig``'s; ConfigError naming the field."""
+  try:
+    return RuntimeConfig(**{name: cfg.model[name] for name in RUNTIME_FIELDS})
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"model: {e}") from None
+
+
+def stage_of(cfg):
+  if cfg.stage not in STAGES:
+    raise ConfigError(f"stage must be one of {tuple(STAGES)}, got {cfg.stage!r}")
+  return STAGES[cfg.stage]()
 
 
 def check_config(cfg, num_devices: int, num_processes: int = 1, num_layers: int | None = None) -> None:
   """Raises ConfigError for the first field that cannot work."""
-  if cfg.stage not in STAGES:
-    raise ConfigError(f"stage must be one of {STAGES}, got {cfg.stage!r}")
+  stage = stage_of(cfg)
   if not cfg.model.checkpoint and cfg.model.preset not in PRESETS:
     raise ConfigError(f"model.preset must be one of {sorted(PRESETS)}, got {cfg.model.preset!r}")
-  try:
-    PrecisionPolicy.named(cfg.model.precision)
-  except ValueError as e:
-    raise ConfigError(f"model.precision: {e}") from None
-  if cfg.model.remat not in REMAT_POLICIES:
-    raise ConfigError(f"model.remat must be one of {sorted(REMAT_POLICIES)}, got {cfg.model.remat!r}")
-  rehyat = rehyat_config(cfg)
+  runtime_config(cfg)
+  rehyat = student_config(cfg)
   layers = num_layers if num_layers is not None else (PRESETS[cfg.model.preset].num_layers
                                                       if cfg.model.preset in PRESETS else None)
+  mask = None
   if layers is not None:
     try:
       mask = rehyat.converted_mask(layers)
     except ValueError as e:
       raise ConfigError(str(e)) from None
-    if cfg.stage == "distill" and not any(mask):
-      raise ConfigError("rehyat.converted_blocks selects no block: stage 1 would train nothing")
+  if cfg.model.hybrid_form == "recurrent" and not rehyat.causal:
+    raise ConfigError("model.hybrid_form='recurrent' needs rehyat.causal=True (the recurrent form is causal only)")
   frames, height, width = (int(v) for v in cfg.data.latent_shape)
   if frames < 1 or height < 1 or width < 1:
     raise ConfigError(f"data.latent_shape must be positive (frames, height, width), got {cfg.data.latent_shape}")
@@ -73,18 +69,12 @@ def check_config(cfg, num_devices: int, num_processes: int = 1, num_layers: int 
                       "of data.latent_shape (otherwise the student is full softmax: nothing to distil)")
   if cfg.data.source not in SOURCES:
     raise ConfigError(f"data.source must be one of {SOURCES}, got {cfg.data.source!r}")
-  if cfg.data.source == "trajectories" and cfg.stage != "distill":
-    raise ConfigError("data.source='trajectories' (teacher sampling) is a stage-1 input; stage 2 needs latents")
+  if cfg.data.source not in stage.sources:
+    raise ConfigError(f"data.source={cfg.data.source!r} cannot feed stage {stage.name!r} (it takes "
+                      f"{stage.sources}); 'trajectories' (teacher sampling) is a stage-1 input, stage 2 needs latents")
   if cfg.data.source == "latents" and not cfg.data.data_dir:
     raise ConfigError("data.source='latents' needs data.data_dir")
-  if cfg.stage == "distill" and cfg.train.trainable != "phi":
-    raise ConfigError(f"train.trainable must be 'phi' in stage 1 (only the feature maps train), "
-                      f"got {cfg.train.trainable!r}")
-  if cfg.train.trainable not in ("all", "phi"):
-    try:
-      re.compile(cfg.train.trainable)
-    except re.error as e:
-      raise ConfigError(f"train.trainable is neither 'all', 'phi' nor a valid regex: {e}") from None
+  stage.check_config(cfg, mask)
   if not 0.0 <= cfg.train.ema_decay < 1.0:
     raise ConfigError(f"train.ema_decay must be in [0, 1), got {cfg.train.ema_decay}")
   if cfg.train.steps < 1:

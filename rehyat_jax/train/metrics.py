@@ -25,24 +25,25 @@ def peak_flops(device_kind: str) -> float | None:
   return None
 
 
-def estimate_step_flops(model_cfg, *, batch: int, frames: int, tokens_per_frame: int, stage: str,
-                        window_frames: int) -> float:
+def estimate_step_flops(model_cfg, *, batch: int, frames: int, tokens_per_frame: int, teacher_softmax: bool,
+                        backward: bool, window_frames: int) -> float:
   """Analytic model FLOPs of one train step (matmuls only), for the MFU estimate.
 
   XLA's cost analysis counts a scanned layer once, so it cannot be used with a layer scan.
   Per sample: every linear layer (2 FLOPs per weight per token), cross-attention over the text,
-  and self-attention scores + values over S keys per query: stage 1 runs the teacher's full
-  softmax (S = all tokens) and the hybrid's window (S = window tokens), forward only (phi's
-  backward is negligible); stage 2 runs the student (S = window) forward and backward (x3).
+  and self-attention scores + values over S keys per query: with ``teacher_softmax`` (stage 1)
+  the teacher's full softmax (S = all tokens) and the hybrid's window (S = window tokens), else
+  the student's window only; ``backward`` (stage 2) triples the count, while stage 1's backward
+  through phi alone is negligible.
   """
   d, f, L, text = model_cfg.dim, model_cfg.ffn_dim, model_cfg.num_layers, model_cfg.text_len
   tokens = frames * tokens_per_frame
   window = min(window_frames, frames) * tokens_per_frame
   linear = 2 * tokens * L * (6 * d * d + 2 * d * f) + 2 * text * L * 2 * d * d
   cross = 4 * tokens * text * d * L
-  keys = tokens + window if stage == "distill" else window
+  keys = tokens + window if teacher_softmax else window
   self_attn = 4 * tokens * keys * d * L
-  return batch * (1 if stage == "distill" else 3) * float(linear + cross + self_attn)
+  return batch * (3 if backward else 1) * float(linear + cross + self_attn)
 
 
 def bucket_means(values: np.ndarray, timesteps: np.ndarray) -> dict[str, float]:

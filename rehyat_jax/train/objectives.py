@@ -1,15 +1,10 @@
-"""Losses of the two stages, as pure functions of (trainable, frozen, batch).
-
-Stage 1 (method.md §5): per converted block, mean |softmax(q,k,v) - hybrid(q,k,v)|; the reported
-loss is the mean over converted blocks. Stage 2: Wan's flow matching, x_t = (1-s) x0 + s eps,
-target eps - x0, s from the shifted uniform distribution, MSE.
-"""
+"""Noise math both stages share: shifted sigma sampling and the flow-matching interpolation
+(Wan: x_t = (1 - s) x0 + s eps, timesteps = 1000 s). The losses live with their stage (stages/)."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from rehyat_jax.sampling.schedules import shift_sigmas
 
@@ -27,25 +22,14 @@ def noised(x0: jax.Array, noise: jax.Array, sigma: jax.Array) -> jax.Array:
   return (1.0 - s) * x0 + s * noise
 
 
-def distill_loss(trainable, frozen, graphdef, batch, converted: tuple[bool, ...]):
-  """(loss, aux) for stage 1; batch holds x_t [B,C,F,H,W], timesteps [B], text [B,L,D]."""
-  model = nnx.merge(graphdef, trainable, frozen)
-  flow, stats = model.distill_forward(batch["x_t"], batch["timesteps"], batch["text"])
-  mask = jnp.asarray(converted, jnp.float32)[:, None]
-  loss = jnp.sum(stats["l1"] * mask) / (jnp.sum(mask) * stats["l1"].shape[1])
-  return loss, {"block_l1": stats["l1"], "block_teacher_abs": stats["teacher_abs"], "flow": flow}
-
-
-def zero_phi(trainable):
-  """phi == 0 (the chunk-local-softmax baseline): every PhiParam leaf set to zero."""
-  return jax.tree_util.tree_map(jnp.zeros_like, trainable)
-
-
-def flow_matching_loss(trainable, frozen, graphdef, batch):
-  """(loss, aux) for stage 2; batch holds x0 latents, noise, sigmas, text."""
-  model = nnx.merge(graphdef, trainable, frozen)
-  x_t = noised(batch["latents"], batch["noise"], batch["sigmas"])
-  pred = model(x_t, batch["sigmas"] * NUM_TRAIN_TIMESTEPS, batch["text"])
-  target = batch["noise"] - batch["latents"]
-  loss = jnp.mean(jnp.square(pred.astype(jnp.float32) - target))
-  return loss, {}
+def prepare_batch(batch: dict, rng: jax.Array, shift: float) -> dict:
+  """Model inputs: x_t from clean latents (noise and shifted sigma drawn from ``rng``), or the
+  given x_t (teacher trajectories) as it is."""
+  if "x_t" in batch:
+    return batch
+  x0 = batch["latents"]
+  noise_key, sigma_key = jax.random.split(rng)
+  noise = jax.random.normal(noise_key, x0.shape, jnp.float32)
+  sigmas = sample_sigmas(sigma_key, x0.shape[0], shift)
+  return {"latents": x0, "noise": noise, "sigmas": sigmas, "text": batch["text"],
+          "x_t": noised(x0, noise, sigmas), "timesteps": sigmas * NUM_TRAIN_TIMESTEPS}

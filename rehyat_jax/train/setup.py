@@ -1,9 +1,8 @@
-"""Building what a run trains: the model (converted teacher or random), the trainable/frozen split,
-shardings on the mesh, and the initial train state."""
+"""Building what a run trains: the model (converted teacher or random, a fresh student or one from
+a student export), shardings on the mesh, and the initial train state."""
 
 from __future__ import annotations
 
-import re
 from typing import Any, NamedTuple
 
 import jax
@@ -12,12 +11,13 @@ import numpy as np
 import optax
 from flax import nnx
 
-from rehyat_jax.attention.feature_maps import PhiParam
 from rehyat_jax.convert import load_pretrained
+from rehyat_jax.convert import student as student_export
 from rehyat_jax.core import sharding as sharding_lib
 from rehyat_jax.models.config import PRESETS
 from rehyat_jax.models.wan import RuntimeConfig, WanDiT
-from rehyat_jax.train.config_checks import rehyat_config
+from rehyat_jax.train.config_checks import runtime_config, student_config
+from rehyat_jax.train.errors import ConfigError
 
 
 class TrainState(NamedTuple):
@@ -27,13 +27,6 @@ class TrainState(NamedTuple):
   trainable: Any          # nnx.State of the trainable Variables
   opt_state: Any
   ema: Any                # nnx.State like ``trainable`` when EMA is on, else an empty dict
-
-
-def runtime_config(cfg) -> RuntimeConfig:
-  m = cfg.model
-  return RuntimeConfig(precision=m.precision, scan_layers=m.scan_layers, remat=m.remat,
-                       softmax_backend=m.softmax_backend, hybrid_backend=m.hybrid_backend,
-                       hybrid_chunks_per_step=m.hybrid_chunks_per_step or None)
 
 
 def random_teacher(cfg, run: RuntimeConfig, rehyat) -> WanDiT:
@@ -49,7 +42,19 @@ def random_teacher(cfg, run: RuntimeConfig, rehyat) -> WanDiT:
 
 
 def build_model(cfg, mesh=None) -> WanDiT:
-  run, rehyat = runtime_config(cfg), rehyat_config(cfg)
+  """The model a run trains. With ``model.student`` (a student export) its adapters start the run:
+  the export's student must be the one ``cfg.rehyat`` describes (``converted_blocks`` may differ:
+  every block owns phi, so stage 2 can convert a ranked subset) and its teacher the one loaded."""
+  run, rehyat = runtime_config(cfg), student_config(cfg)
+  if cfg.model.student:
+    try:
+      exported = student_export.read_student_config(cfg.model.student)
+    except student_export.StudentExportError as e:
+      raise ConfigError(f"model.student: {e}") from None
+    diffs = exported.differences(rehyat, ignore=("converted_blocks",))
+    if diffs:
+      raise ConfigError(f"model.student {cfg.model.student} was trained as another student (export vs config): "
+                        + "; ".join(f"rehyat.{d}" for d in diffs))
   if cfg.model.checkpoint:
     model = load_pretrained(cfg.model.checkpoint, run=run, rehyat=rehyat, mesh=mesh, seed=cfg.model.seed)
   else:
@@ -57,17 +62,13 @@ def build_model(cfg, mesh=None) -> WanDiT:
     if mesh is not None:
       state = nnx.state(model)
       nnx.update(model, jax.device_put(state, sharding_lib.mesh_shardings(state, mesh)))
+  if cfg.model.student:
+    try:
+      student_export.check_teacher(cfg.model.student, model)
+    except student_export.StudentExportError as e:
+      raise ConfigError(f"model.student: {e}") from None
+    student_export.restore_adapters(cfg.model.student, model)
   return model
-
-
-def trainable_filter(spec: str):
-  """'phi' -> the feature maps only; 'all' -> every parameter; else a regex over 'a/b/c' paths."""
-  if spec == "phi":
-    return PhiParam
-  if spec == "all":
-    return nnx.Param
-  pattern = re.compile(spec)
-  return lambda path, value: isinstance(value, nnx.Param) and bool(pattern.search("/".join(map(str, path))))
 
 
 def count_params(state) -> int:

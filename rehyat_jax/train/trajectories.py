@@ -1,4 +1,4 @@
-"""Stage-1 inputs from the teacher's own sampling trajectories (method.md §5, input (a)).
+"""Stage-1 inputs from the teacher's own sampling trajectories (docs/method.md §5, input (a)).
 
 Each trajectory starts from seeded noise and a text batch; every train step feeds the current
 x_t to the distillation forward, whose output is the teacher's flow prediction (the residual

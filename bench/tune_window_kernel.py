@@ -6,8 +6,8 @@ error max|diff| / max|ref|, non-zero linear terms so the epilogue is exercised),
 forward (median of --reps). Prints one table sorted by time; a config that fails to compile or
 run is listed with its error.
 
-  python tools/tune_window_kernel.py --frames 21
-  python tools/tune_window_kernel.py --tiny     # CPU interpret-mode smoke run
+  python bench/tune_window_kernel.py --frames 21
+  python bench/tune_window_kernel.py --tiny     # CPU interpret-mode smoke run
 """
 
 from __future__ import annotations
@@ -15,18 +15,15 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from rehyat_jax.attention.chunking import make_geometry  # noqa: E402
-from rehyat_jax.attention.parallel import window_operands  # noqa: E402
-from rehyat_jax.attention.window import WindowKernelConfig, window_attention  # noqa: E402
-from bench_attention import median_ms  # noqa: E402  (tools/ is this script's directory)
+from rehyat_jax.attention.chunking import make_geometry
+from rehyat_jax.attention.parallel import window_operands
+from rehyat_jax.attention.window import WindowKernelConfig, window_attention
+from bench_attention import median_ms  # bench/ (this script's directory) is on sys.path
 
 
 def make_inputs(frames: int, args: argparse.Namespace):

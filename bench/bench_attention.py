@@ -1,6 +1,6 @@
 """Benchmark one attention layer: full softmax vs ReHyAt (parallel, scan) and ReHyAt's two parts.
 
-Rows (method.md §6 has the H200 reference points):
+Rows (docs/method.md §6 has the H200 reference points):
   full_softmax        jax.nn.dot_product_attention: cuDNN flash on GPU in bf16/fp16, XLA elsewhere
   rehyat_parallel     hybrid_attention(mode='parallel'), window backend --window-backend
                       (auto: the fused Pallas kernel on one GPU, XLA elsewhere)
@@ -17,8 +17,8 @@ warm-up; memory is XLA's temp allocation from ``compiled.memory_analysis()`` and
 device's ``peak_bytes_in_use``. On GPU every (row, frames) case runs in a fresh subprocess
 (--isolate), so the device peak belongs to that case alone and an OOM only loses that case.
 
-  python tools/bench_attention.py                 # H200: the Wan2.1 sizes
-  python tools/bench_attention.py --tiny          # CPU smoke run
+  python bench/bench_attention.py                 # H200: the Wan2.1 sizes
+  python bench/bench_attention.py --tiny          # CPU smoke run
 """
 
 from __future__ import annotations
@@ -34,20 +34,18 @@ import time
 from pathlib import Path
 from typing import Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from rehyat_jax.attention.chunking import make_geometry  # noqa: E402
-from rehyat_jax.attention.hybrid import hybrid_attention  # noqa: E402
-from rehyat_jax.attention.numerics import joint_normalise  # noqa: E402
-from rehyat_jax.attention.parallel import (chunk_windows, linear_terms, pad_to_chunks,  # noqa: E402
+from rehyat_jax.attention.chunking import make_geometry
+from rehyat_jax.attention.hybrid import hybrid_attention
+from rehyat_jax.attention.numerics import joint_normalise
+from rehyat_jax.attention.parallel import (chunk_windows, linear_terms, pad_to_chunks,
                                            parallel_hybrid_attention, window_operands)
-from rehyat_jax.attention.window import (WindowKernelConfig, window_attention,  # noqa: E402
+from rehyat_jax.attention.window import (WindowKernelConfig, window_attention,
                                          window_softmax)
-from rehyat_jax.attention.scan import scan_hybrid_attention  # noqa: E402
+from rehyat_jax.attention.scan import scan_hybrid_attention
 
 METHODS = ("full_softmax", "rehyat_parallel", "rehyat_parallel_xla", "rehyat_scan", "chunk_softmax",
            "chunk_softmax_fused", "chunk_softmax_cudnn", "linear_term")

@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Sourced by the tools/device_*.sh scripts on the GPU machine: installs the carried wheels (.whl/,
+# Sourced by the bench/device_*.sh scripts on the GPU machine: installs the carried wheels (.whl/,
 # pass carry [".whl"]) into /tmp/site, puts the repo and them on PYTHONPATH, makes $OUT and prints
 # the versions, so every log states what it ran on.
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl >/dev/null 2>&1

@@ -7,21 +7,18 @@ and 'pallas_bwd' (fused backward) window backends against ``mode='reference'`` (
 precision), forward and gradients w.r.t. q, k, v, phi_q, phi_k. Exit status 1 if any error is
 over the tolerance (float32 1e-5, bf16 2e-2 forward / 3e-2 gradients, as in the test suite).
 
-  python tools/check_kernel_parity.py
+  python bench/check_kernel_parity.py
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from rehyat_jax.attention import hybrid_attention  # noqa: E402
+from rehyat_jax.attention import hybrid_attention
 
 TOLERANCE = {"float32": (1e-5, 1e-5), "bfloat16": (2e-2, 3e-2)}
 # (frames, tokens per frame, heads, head dim, Tc, To, causal)

@@ -3,15 +3,15 @@
 # where it is compiled for real, optionally sweep its tiles at 21 latent frames (TUNE=1), and time
 # the parallel form's forward and backward with both backward choices. Logs go to $OUT.
 set -uo pipefail
-# shellcheck source=tools/device_env.sh
-source tools/device_env.sh
-python3 tools/check_kernel_parity.py 2>&1 | tee "$OUT/parity.log" | grep -v Warning
+# shellcheck source=bench/device_env.sh
+source bench/device_env.sh
+python3 bench/check_kernel_parity.py 2>&1 | tee "$OUT/parity.log" | grep -v Warning
 if [ "${TUNE:-0}" = 1 ]; then  # the tile sweep (about 80 s); TUNE=1 to run it
-  python3 tools/tune_window_kernel.py --frames 21 --block-q 64 128 --block-k 64 128 --num-warps 4 8 \
+  python3 bench/tune_window_kernel.py --frames 21 --block-q 64 128 --block-k 64 128 --num-warps 4 8 \
     --num-stages 2 3 --reps 10 2>&1 | tee "$OUT/tune.log" | grep "^|\|^frames\|^jax"
 fi
 # Forward + backward with the XLA backward and with the fused backward kernels.
 for backend in pallas pallas_bwd; do
-  python3 tools/bench_attention.py --methods rehyat_parallel --window-backend $backend \
+  python3 bench/bench_attention.py --methods rehyat_parallel --window-backend $backend \
     --reps 10 --plot "$OUT/quick_$backend.png" 2>&1 | tee "$OUT/bench_$backend.log" | grep "^|"
 done

@@ -1,7 +1,7 @@
 """Time text-to-video generation at real Wan2.1 shapes with random weights (no downloads possible).
 
 Builds the four parts in memory with random parameters (Wan2.1-1.3B DiT, umT5-XXL, Wan-VAE, a
-SentencePiece tokenizer trained here on a few sentences) and runs ``rehyat_jax.generate.generate``
+SentencePiece tokenizer trained here on a few sentences) and runs ``rehyat_jax.inference.generate``
 for: the softmax teacher, a fully recurrent causal ReHyAt student (all 30 blocks, Tc=3, To=1)
 at the same size, and the recurrent student on a long video. Prints seconds per video, seconds
 per denoising step (the last of ``--videos`` videos per case: with the default 2, the second, after
@@ -10,10 +10,10 @@ compilation; with 1, the only one, compilation included) and peak device memory.
 All cases run in one process, so the peak-memory column is the peak so far. For each case's own peak,
 run one case per process (umT5-XXL and the VAE are then built in each):
 
-  python tools/bench_generate.py --steps 10 --cases teacher:81,recurrent:81,recurrent:321
-  for c in teacher:81 recurrent:81; do python tools/bench_generate.py --steps 50 --cases $c; done
-  python tools/bench_generate.py --steps 50 --videos 1 --cases recurrent:321
-  python tools/bench_generate.py --tiny          # CPU smoke run
+  python bench/bench_generate.py --steps 10 --cases teacher:81,recurrent:81,recurrent:321
+  for c in teacher:81 recurrent:81; do python bench/bench_generate.py --steps 50 --cases $c; done
+  python bench/bench_generate.py --steps 50 --videos 1 --cases recurrent:321
+  python bench/bench_generate.py --tiny          # CPU smoke run
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def build_tokenizer(directory: Path) -> Path:
@@ -43,17 +41,17 @@ def use_opencv_writer_if_needed() -> str:
   Swap in an OpenCV mp4v writer that consumes the same streaming decode, so the timing still
   includes decoding and writing every frame."""
   try:
-    import imageio_ffmpeg  # pylint: disable=g-import-not-at-top,unused-import
+    import imageio_ffmpeg  # noqa: F401  # pylint: disable=g-import-not-at-top,unused-import
     return "imageio-ffmpeg (libx264)"
   except ImportError:
     pass
   import cv2  # pylint: disable=g-import-not-at-top
-  from rehyat_jax import generate as gen  # pylint: disable=g-import-not-at-top
+  from rehyat_jax.inference import video_io  # pylint: disable=g-import-not-at-top
 
-  def write_video(vae, latents, path, fps=gen.FPS):
+  def write_video(vae, latents, path, fps=video_io.FPS):
     writer, written = None, 0
     for group in vae.decode_stream(latents):
-      for frame in gen.to_uint8_frames(group):
+      for frame in video_io.to_uint8_frames(group):
         if writer is None:
           writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (frame.shape[1], frame.shape[0]))
         writer.write(frame[..., ::-1])
@@ -61,8 +59,9 @@ def use_opencv_writer_if_needed() -> str:
     writer.release()
     return written
 
-  gen.write_video = write_video
-  gen.check_video_writer = lambda: None
+  # generate() calls both through the video_io module, so replacing them there is enough.
+  video_io.write_video = write_video
+  video_io.check_video_writer = lambda: None
   return "OpenCV (mp4v)"
 
 
@@ -106,7 +105,7 @@ def run_case(args, case: str, shared, tokenizer_path: Path) -> dict:
 
   from rehyat_jax.attention.config import RehyatConfig  # pylint: disable=g-import-not-at-top
   from rehyat_jax.attention.feature_maps import FeatureMapConfig  # pylint: disable=g-import-not-at-top
-  from rehyat_jax.generate import Pipeline, generate  # pylint: disable=g-import-not-at-top
+  from rehyat_jax.inference import Pipeline, generate  # pylint: disable=g-import-not-at-top
   from rehyat_jax.models.tokenizer import UMT5Tokenizer  # pylint: disable=g-import-not-at-top
   from rehyat_jax.models.wan import RuntimeConfig, WanDiT  # pylint: disable=g-import-not-at-top
 
@@ -122,8 +121,7 @@ def run_case(args, case: str, shared, tokenizer_path: Path) -> dict:
   pipeline = Pipeline(dit=dit, text_encoder=text_encoder, tokenizer=tokenizer, vae=vae)
   results = generate(pipeline, ["a cat walks on the grass"] * args.videos, out_dir=args.out_dir, frames=frames,
                      height=args.height, width=args.width, steps=args.steps,
-                     attention="softmax" if kind == "teacher" else "rehyat",
-                     mode="recurrent" if kind == "recurrent" else "parallel", show_progress=False)
+                     forward="recurrent" if kind == "recurrent" else "parallel", show_progress=False)
   _, peak = memory_gib()
   steady = results[-1].seconds
   # With one video the timed video is the first: its time includes compiling the sampler and decoder.

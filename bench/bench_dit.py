@@ -5,7 +5,7 @@ Random weights (the timing does not depend on their values). Each (model, frames
 its own subprocess so the device's peak-memory counter belongs to that case alone. Prints a
 markdown table; `--tiny` runs a small CPU smoke version.
 
-  python tools/bench_dit.py --preset t2v-1.3b --frames 21,42,84 --height 60 --width 104
+  python bench/bench_dit.py --preset t2v-1.3b --frames 21,42,84 --height 60 --width 104
 """
 
 from __future__ import annotations
