@@ -1,14 +1,19 @@
-"""``rehyat_jax.generate`` on tiny random models: the CLI writes readable mp4s, the recurrent mode samples the
-same latents as the parallel causal student, and bad inputs fail with clear messages before any work.
+"""``python -m rehyat_jax.generate`` (``rehyat_jax.inference``) on tiny random models: the CLI writes readable
+mp4s, a student export generates from ``--student DIR`` alone, its recurrent forward samples the same latents
+as its parallel one, and bad inputs fail with clear one-line messages before any work.
 
 Every part goes through its real converter: a random diffusers DiT saved in the original layout (weights
 ~0.1, large enough that the attention form visibly changes the video), a transformers umT5
-saved with ``save_pretrained``, diffusers' tiny test VAE, and a SentencePiece model trained here.
+saved with ``save_pretrained``, diffusers' tiny test VAE, and a SentencePiece model trained here. The
+student is exported with ``export_student`` as stage 1 writes it.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import imageio.v2 as imageio
@@ -22,14 +27,20 @@ from flax import nnx
 from transformers import UMT5Config as HFUMT5Config
 from transformers import UMT5EncoderModel
 
-from rehyat_jax import generate as gen
 from rehyat_jax.attention.config import RehyatConfig
-from rehyat_jax.attention.feature_maps import FeatureMapConfig, PhiParam
+from rehyat_jax.attention.feature_maps import FeatureMapConfig
+from rehyat_jax.convert.loading import load_pretrained
+from rehyat_jax.convert.student import STUDENT_FILE, export_student, teacher_fingerprint
 from rehyat_jax.convert.umt5 import convert_umt5_checkpoint
 from rehyat_jax.convert.wan_dit import convert_wan_checkpoint
 from rehyat_jax.convert.wan_vae import convert_wan_vae
+from rehyat_jax.core.adapters import AdapterParam
+from rehyat_jax.inference import cli
+from rehyat_jax.inference.generation import generate
+from rehyat_jax.inference.pipeline import GenerationError, check_prompts, check_video_shape, load_pipeline
+from rehyat_jax.inference.video_io import video_name
 from rehyat_jax.models.umt5 import UMT5Config
-from rehyat_jax.train.checkpointing import export_phi
+from rehyat_jax.models.wan import RuntimeConfig
 from wan_torch_fixtures import build_tiny_diffusers_wan, original_layout_state_dict, wan_config_from_diffusers, \
     write_original_layout
 
@@ -39,7 +50,7 @@ TINY_T5 = UMT5Config(vocab_size=128, d_model=32, d_kv=8, num_heads=4, d_ff=48, n
 TINY_DIT_OVERRIDES = dict(in_channels=16, out_channels=16, text_dim=32)
 TEXT_LEN = 16
 # A large init_scale makes the linear branch matter, so recurrent vs parallel compares real work.
-TINY_STUDENT = RehyatConfig(chunk_frames=2, overlap_frames=1, causal=True, mode="parallel",
+TINY_STUDENT = RehyatConfig(chunk_frames=2, overlap_frames=1, causal=True,
                             feature_map=FeatureMapConfig(degree=2, hidden=8, feature_dim=4, init_scale=0.3))
 CORPUS = """A cat sits on the mat in the warm afternoon sun.
 The quick brown fox jumps over the lazy dog near the river.
@@ -47,16 +58,33 @@ Video of a red car driving along a coastal road at sunset.
 一只猫在草地上奔跑。
 """
 TOLERANCE = 1e-5
+FP32 = RuntimeConfig(precision="fp32")
+
+
+def convert_tiny_dit(root: Path, name: str, seed: int) -> Path:
+  dit = build_tiny_diffusers_wan(seed=seed, **TINY_DIT_OVERRIDES)
+  write_original_layout(original_layout_state_dict(dit), root / f"{name}_src" / "model.safetensors",
+                        config=wan_config_from_diffusers(dit, text_len=TEXT_LEN))
+  convert_wan_checkpoint(root / f"{name}_src", root / name, progress=None)
+  return root / name
+
+
+def export_tiny_student(dit_path: Path, directory: Path) -> dict:
+  """Exports a TINY_STUDENT of the ``dit_path`` teacher whose phi differ from any fresh initialisation, as
+  stage 1 writes it; returns its adapters (pure dict)."""
+  trained = load_pretrained(dit_path, run=FP32, rehyat=TINY_STUDENT)
+  adapters = nnx.state(trained, AdapterParam)
+  nnx.update(trained, jax.tree_util.tree_map(lambda a: a * 1.5 + 0.01, adapters))
+  export_student(trained, directory, student=trained.rehyat, teacher_config=trained.cfg,
+                 fingerprint=teacher_fingerprint(trained), scan_layers=trained.run.scan_layers)
+  return nnx.to_pure_dict(nnx.state(trained, AdapterParam))
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
   """Converted folders of a tiny DiT, umT5 and VAE, and a trained tokenizer folder."""
   root = tmp_path_factory.mktemp("checkpoints")
-  dit = build_tiny_diffusers_wan(seed=0, **TINY_DIT_OVERRIDES)
-  write_original_layout(original_layout_state_dict(dit), root / "dit_src" / "model.safetensors",
-                        config=wan_config_from_diffusers(dit, text_len=TEXT_LEN))
-  convert_wan_checkpoint(root / "dit_src", root / "dit", progress=None)
+  convert_tiny_dit(root, "dit", seed=0)
 
   torch.manual_seed(0)
   t5 = UMT5EncoderModel(HFUMT5Config(
@@ -81,15 +109,38 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
   return {"dit": root / "dit", "t5": root / "t5", "vae": root / "vae", "tokenizer": tokenizer}
 
 
+@pytest.fixture(scope="module")
+def student(checkpoints, tmp_path_factory) -> tuple[Path, dict]:
+  """(export folder of a student of the ``checkpoints`` teacher, its adapters)."""
+  directory = tmp_path_factory.mktemp("student") / "export"
+  return directory, export_tiny_student(checkpoints["dit"], directory)
+
+
 def model_flags(checkpoints: dict[str, Path]) -> list[str]:
   return [f"--{name}={path}" for name, path in checkpoints.items()]
+
+
+def student_variant(export: Path, directory: Path, **changes) -> Path:
+  """A folder holding only ``export``'s student.json with ``changes`` to its student config: enough for the
+  checks that read the JSON before anything is loaded."""
+  record = json.loads((export / STUDENT_FILE).read_text())
+  record["student"].update(changes)
+  directory.mkdir(parents=True)
+  (directory / STUDENT_FILE).write_text(json.dumps(record))
+  return directory
+
+
+def one_line_error(err: str) -> str:
+  lines = err.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: "), err
+  return lines[0]
 
 
 def test_cli_writes_readable_mp4s(checkpoints, tmp_path, capsys):
   prompts = tmp_path / "prompts.txt"
   prompts.write_text("A cat sits on the mat.\n\nA red car at sunset\n")
   out = tmp_path / "videos"
-  rc = gen.main(model_flags(checkpoints) + [
+  rc = cli.main(model_flags(checkpoints) + [
       f"--prompts-file={prompts}", f"--out-dir={out}", "--frames=5", "--size=32*32",
       "--steps=2", "--precision=fp32", "--save-latents"])
   assert rc == 0
@@ -107,68 +158,117 @@ def test_cli_writes_readable_mp4s(checkpoints, tmp_path, capsys):
   assert "s per video" in printed and "peak device memory" in printed
 
 
-def test_recurrent_mode_matches_parallel_causal_student(checkpoints, tmp_path):
-  parts = [checkpoints[name] for name in ("dit", "t5", "tokenizer", "vae")]
-  student = gen.load_pipeline(*parts, rehyat=TINY_STUDENT, precision="fp32")
-  teacher = gen.load_pipeline(*parts, precision="fp32")
-  # 9 frames = 3 latent frames: one full chunk of 2 and a shorter last chunk.
-  common = dict(frames=9, height=32, width=32, steps=2, seed=3, show_progress=False)
-  parallel = gen.generate(student, "A cat", out_dir=tmp_path / "parallel", attention="rehyat", mode="parallel",
-                          **common)[0]
-  recurrent = gen.generate(student, "A cat", out_dir=tmp_path / "recurrent", attention="rehyat",
-                           mode="recurrent", **common)[0]
-  softmax = gen.generate(teacher, "A cat", out_dir=tmp_path / "teacher", **common)[0]
-  assert parallel.latents.shape == (1, 16, 3, 4, 4)
+def test_recurrent_forward_matches_parallel_causal_student(checkpoints, student, tmp_path):
+  export, _ = student
+  # 9 frames = 3 latent frames: one full chunk of 2 and a shorter last chunk. The student's settings come
+  # from its export alone.
+  common = model_flags(checkpoints) + ["--prompt=A cat", "--frames=9", "--size=32x32", "--steps=2", "--seed=3",
+                                       "--precision=fp32", "--save-latents"]
+  runs = {"parallel": [f"--student={export}", "--forward=parallel"],
+          "recurrent": [f"--student={export}", "--forward=recurrent"], "teacher": []}
+  latents = {}
+  for name, flags in runs.items():
+    assert cli.main(common + flags + [f"--out-dir={tmp_path / name}"]) == 0
+    assert (tmp_path / name / "A cat-0.mp4").is_file()
+    latents[name] = np.load(tmp_path / name / "A cat-0.npy")
+  parallel, recurrent, softmax = latents["parallel"], latents["recurrent"], latents["teacher"]
+  assert parallel.shape == (1, 16, 3, 4, 4)
   rel = lambda a, b: float(np.abs(a - b).max() / np.abs(b).max())
-  err, teacher_gap = rel(recurrent.latents, parallel.latents), rel(softmax.latents, parallel.latents)
+  err, teacher_gap = rel(recurrent, parallel), rel(softmax, parallel)
   print(f"final latents: recurrent vs parallel causal student {err:.2e}; teacher vs student {teacher_gap:.2e}")
   assert err <= TOLERANCE
   # The comparison has power: swapping the attention form moves the latents far beyond the tolerance.
   assert teacher_gap > 100 * TOLERANCE
-  assert recurrent.path.is_file()
 
 
 @pytest.mark.parametrize("flags,message", [
     (["--prompt=a cat", "--frames=6"], "frames=6 is not of the form 4k\\+1"),
     (["--prompt=a cat", "--size=30x32"], "width=30 is not a positive multiple of 16"),
     (["--prompt=   "], "--prompt: prompt 0 is empty"),
-    (["--prompt=a cat", "--attention=linear"], "unknown --attention 'linear'"),
+    (["--prompt=a cat", "--hybrid-form=scan"], "unknown --hybrid-form 'scan'"),
     (["--prompt=a cat", "--window-backend=cudnn"], "unknown --window-backend 'cudnn'"),
-    (["--prompt=a cat", "--mode=stream"], "unknown mode 'stream'"),
-    (["--prompt=a cat", "--mode=recurrent"], "needs attention='rehyat'"),
-    (["--prompt=a cat", "--mode=recurrent", "--attention=rehyat", "--non-causal"], "non-causal"),
-    (["--prompt=a cat", "--mode=recurrent", "--attention=rehyat", "--converted-blocks=1"],
-     "blocks \\[1\\] of 2 keep full softmax"),
+    (["--prompt=a cat", "--forward=stream"], "unknown forward 'stream'"),
+    (["--prompt=a cat", "--forward=recurrent"], "needs a causal ReHyAt student"),
+    (["--prompt=a cat", "--forward=recurrent", "--student={noncausal}"], "non-causal"),
+    (["--prompt=a cat", "--forward=recurrent", "--student={partial}"], "blocks \\[1\\] of 2 keep full softmax"),
+    (["--prompt=a cat", "--student={missing}"], "--student .*: no such file or directory"),
 ])
-def test_cli_rejects_bad_inputs(checkpoints, tmp_path, capsys, flags, message):
-  assert gen.main(model_flags(checkpoints) + [f"--out-dir={tmp_path / 'out'}"] + flags) == 2
-  assert re.search(message, capsys.readouterr().err)
+def test_cli_rejects_bad_inputs(checkpoints, student, tmp_path, capsys, flags, message):
+  export, _ = student
+  variants = {"noncausal": student_variant(export, tmp_path / "noncausal", causal=False),
+              "partial": student_variant(export, tmp_path / "partial", converted_blocks=1),
+              "missing": tmp_path / "missing"}
+  flags = [flag.format(**variants) for flag in flags]
+  assert cli.main(model_flags(checkpoints) + [f"--out-dir={tmp_path / 'out'}"] + flags) == 2
+  assert re.search(message, one_line_error(capsys.readouterr().err))
   assert not (tmp_path / "out").exists()  # nothing was started
 
 
 def test_cli_rejects_empty_prompts_file(checkpoints, tmp_path, capsys):
   prompts = tmp_path / "prompts.txt"
   prompts.write_text("\n  \n")
-  assert gen.main(model_flags(checkpoints) + [f"--prompts-file={prompts}"]) == 2
+  assert cli.main(model_flags(checkpoints) + [f"--prompts-file={prompts}"]) == 2
   assert "is empty" in capsys.readouterr().err
 
 
-def test_exported_phi_is_restored(checkpoints, tmp_path):
+def test_student_folder_without_student_json(checkpoints, tmp_path, capsys):
+  (tmp_path / "not_an_export").mkdir()
+  assert cli.main(model_flags(checkpoints) + ["--prompt=a cat", f"--student={tmp_path / 'not_an_export'}",
+                                              f"--out-dir={tmp_path / 'out'}"]) == 2
+  assert "student.json is missing" in one_line_error(capsys.readouterr().err)
+  assert not (tmp_path / "out").exists()
+
+
+def test_student_of_another_teacher_is_refused(checkpoints, tmp_path, capsys):
+  # Same architecture, other random weights: only the teacher fingerprint tells them apart.
+  other_export = tmp_path / "other_student"
+  export_tiny_student(convert_tiny_dit(tmp_path, "other_dit", seed=1), other_export)
+  assert cli.main(model_flags(checkpoints) + ["--prompt=a cat", f"--student={other_export}", "--precision=fp32",
+                                              f"--out-dir={tmp_path / 'out'}"]) == 2
+  error = one_line_error(capsys.readouterr().err)
+  assert "other teacher weights" in error and str(other_export) in error
+  assert not (tmp_path / "out").exists()
+
+
+def test_removed_student_flags_are_refused(checkpoints, capsys):
+  # The student describes itself: the old flags that re-typed its settings are gone.
+  for flag in ("--attention=rehyat", "--phi=PHI_DIR", "--chunk-frames=3", "--mode=recurrent"):
+    with pytest.raises(SystemExit) as exit_info:
+      cli.main(model_flags(checkpoints) + ["--prompt=a cat", flag])
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_help_exits_zero():
+  done = subprocess.run([sys.executable, "-m", "rehyat_jax.generate", "--help"], capture_output=True, text=True,
+                        timeout=300, check=False)
+  assert done.returncode == 0, done.stderr
+  assert "--student EXPORT_DIR" in done.stdout and "--forward" in done.stdout and "--phi" not in done.stdout
+
+
+def test_exported_student_is_restored(checkpoints, student):
+  export, expected = student
   parts = [checkpoints[name] for name in ("dit", "t5", "tokenizer", "vae")]
-  trained = gen.load_pipeline(*parts, rehyat=TINY_STUDENT, precision="fp32").dit
-  phi = nnx.state(trained, PhiParam)
-  nnx.update(trained, jax.tree_util.tree_map(lambda a: a * 2 + 1, phi))  # unlike any fresh initialisation
-  export_phi(trained, tmp_path / "phi")
-  loaded = gen.load_pipeline(*parts, rehyat=TINY_STUDENT, phi_path=tmp_path / "phi", precision="fp32").dit
-  expected, restored = nnx.to_pure_dict(nnx.state(trained, PhiParam)), nnx.to_pure_dict(nnx.state(loaded, PhiParam))
+  loaded = load_pipeline(*parts, student=export, run=FP32).dit
+  assert loaded.rehyat == TINY_STUDENT
+  restored = nnx.to_pure_dict(nnx.state(loaded, AdapterParam))
   jax.tree_util.tree_map(np.testing.assert_array_equal, restored, expected)
 
 
+def test_generate_reads_the_student_from_the_dit(checkpoints, tmp_path):
+  parts = [checkpoints[name] for name in ("dit", "t5", "tokenizer", "vae")]
+  teacher = load_pipeline(*parts, run=FP32)
+  with pytest.raises(GenerationError, match="needs a causal ReHyAt student"):
+    generate(teacher, "A cat", out_dir=tmp_path / "out", frames=5, height=32, width=32, steps=2,
+             forward="recurrent", show_progress=False)
+  assert not (tmp_path / "out").exists()
+
+
 def test_library_validation():
-  with pytest.raises(gen.GenerationError, match="no prompts"):
-    gen.check_prompts([])
-  with pytest.raises(gen.GenerationError, match="try 5 or 9"):
-    gen.check_video_shape(6, 32, 32)
-  gen.check_video_shape(81, 480, 832)
-  assert gen.parse_size("832*480") == (832, 480) and gen.parse_size("32x16") == (32, 16)
-  assert gen.video_name("a/b cat", 3) == "a_b cat-3.mp4"
+  with pytest.raises(GenerationError, match="no prompts"):
+    check_prompts([])
+  with pytest.raises(GenerationError, match="try 5 or 9"):
+    check_video_shape(6, 32, 32)
+  check_video_shape(81, 480, 832)
+  assert cli.parse_size("832*480") == (832, 480) and cli.parse_size("32x16") == (32, 16)
+  assert video_name("a/b cat", 3) == "a_b cat-3.mp4"

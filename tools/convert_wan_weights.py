@@ -3,8 +3,10 @@
   python tools/convert_wan_weights.py SRC DST [--component dit|umt5|vae] [--dtype bfloat16] [--num-heads N] [--overwrite]
 
 SRC: a .safetensors file, a *.safetensors.index.json, or a directory holding either (original Wan2.1 release,
-diffusers transformer/ folder, or diffusers repo root). DST: the directory to create (config.json,
-conversion.json, params/). Exits 1 with the problem (no traceback) when the source cannot be converted.
+diffusers transformer/ folder, or diffusers repo root); for umt5 and vae also a torch .pth (Wan's
+models_t5_umt5-xxl-enc-bf16.pth, Wan2.1_VAE.pth) or the diffusers text_encoder/ / vae/ folder. DST: the directory
+to create (config.json, conversion.json, params/; see rehyat_jax.convert.storage). Exits 1 with the problem (no
+traceback) when the source cannot be converted.
 """
 
 from __future__ import annotations

@@ -21,7 +21,8 @@ from rehyat_jax.convert.umt5 import load_umt5
 from rehyat_jax.data.latent_generation import generate_latents
 from rehyat_jax.data.prompt_encoding import read_prompts
 from rehyat_jax.data.tool_flags import run_tool, add_shard_flags, add_text_encoder_flags, parse_size, shard_kwargs
-from rehyat_jax.generate import check_video_shape, make_schedule
+from rehyat_jax.inference.pipeline import check_video_shape
+from rehyat_jax.inference.sampler import make_schedule
 from rehyat_jax.models.config import PrecisionPolicy
 from rehyat_jax.models.tokenizer import UMT5Tokenizer
 from rehyat_jax.models.wan import RuntimeConfig

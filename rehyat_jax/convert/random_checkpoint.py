@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable
 import ml_dtypes
 import numpy as np
 
-from rehyat_jax.convert import key_table
+from rehyat_jax.convert import wan_dit_keys
 from rehyat_jax.models.config import PRESETS, WanConfig
 
 DTYPES = {"float32": ("F32", np.dtype(np.float32)), "bfloat16": ("BF16", np.dtype(ml_dtypes.bfloat16))}
@@ -31,10 +31,10 @@ WEIGHT_STD = 0.02
 HEADER_ALIGNMENT = 8
 
 
-def tensor_specs(cfg: WanConfig, layout: key_table.Layout) -> list[tuple[str, tuple[int, ...], bool]]:
+def tensor_specs(cfg: WanConfig, layout: wan_dit_keys.Layout) -> list[tuple[str, tuple[int, ...], bool]]:
   """(key, torch shape, is a norm scale) of every tensor, in key-table order."""
-  shapes = key_table.expected_source_keys(cfg, layout)
-  slots = key_table.source_key_table(cfg, layout)
+  shapes = wan_dit_keys.expected_source_keys(cfg, layout)
+  slots = wan_dit_keys.source_key_table(cfg, layout)
   return [(key, shape, slots[key].path[-1] == "scale") for key, shape in shapes.items()]
 
 
@@ -96,7 +96,7 @@ def diffusers_config_json(cfg: WanConfig) -> dict[str, Any]:
           "text_dim": cfg.text_dim}
 
 
-def make_random_checkpoint(out_dir: str | Path, cfg: WanConfig, layout: key_table.Layout, *,
+def make_random_checkpoint(out_dir: str | Path, cfg: WanConfig, layout: wan_dit_keys.Layout, *,
                            dtype: str = "float32", max_shard_gb: float | None = None, prefix: str = "",
                            write_config: bool = True, seed: int = 0,
                            progress: Callable[[str], None] | None = print) -> list[Path]:
@@ -141,7 +141,7 @@ def parse_args(argv: Iterable[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("out_dir")
   parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
-  parser.add_argument("--layout", choices=key_table.LAYOUTS, default="original")
+  parser.add_argument("--layout", choices=wan_dit_keys.LAYOUTS, default="original")
   parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
   parser.add_argument("--max-shard-gb", type=float, default=None, help="shard when larger (default: one file)")
   parser.add_argument("--prefix", default="", help="key prefix, e.g. model.diffusion_model. (ComfyUI files)")

@@ -21,8 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import numpy as np

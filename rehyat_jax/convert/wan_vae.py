@@ -1,60 +1,39 @@
-"""Converting the Wan2.1 VAE into an Orbax checkpoint, and loading it as a ``WanVAE``.
+"""Converting the Wan2.1 VAE into a converted checkpoint, and loading it as a ``WanVAE``.
 
 Sources: the diffusers ``AutoencoderKLWan`` safetensors (``vae/diffusion_pytorch_model.safetensors``, with its
 config.json) or the original ``Wan2.1_VAE.pth`` (``wan/modules/vae.py`` ``WanVAE_`` state dict; reading it needs
-torch, imported only then). Steps: open (shapes first) -> ``detect_vae_layout`` -> config (diffusers
-config.json, else inferred from the shapes) -> ``check_vae_source`` (every missing / unexpected / mis-shaped
-key in one ``CheckpointError``, before anything is written) -> copy each tensor into its leaf -> the DiT
-converter's ``write_converted``: ``dst/{config.json (WanVAEConfig), conversion.json, params/}``.
+torch, imported only then). What is the VAE's own: the key table, the layout probes and the config (diffusers
+config.json, else inferred from the shapes); validation, streaming and writing are the core's.
 
-The key table (``vae_key_table``) is one list of rows (parameter path, diffusers key, original key, layout
-transform), built by walking the model's modules and naming each from the small literal per-module tables below;
-the original numbers the decoder's residual blocks and upsamplers in one flat list, which the walk counts.
+The key table (``vae_key_table``) walks the model's modules and names each parameter from the small literal
+per-module tables below (parameter sub-path, diffusers suffix, original suffix, transform); the original numbers
+the decoder's residual blocks and upsamplers in one flat list, which the walk counts.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
-from rehyat_jax.convert.safetensors_source import CheckpointError
-from rehyat_jax.convert.tensor_source import TORCH_SUFFIXES, TensorSource, open_safetensors, open_torch_file
-from rehyat_jax.convert.wan_dit import CONFIG_FILE, PARAMS_DIR, SOURCE_FLOAT_DTYPES, TARGET_DTYPES, restore_params, write_converted
+from rehyat_jax.convert import key_rows, storage
+from rehyat_jax.convert.key_rows import KeyRow, ParamPath, Shape, Transform
+from rehyat_jax.convert.sources import TORCH_SUFFIXES, CheckpointError, TensorSource, open_weights_file
+from rehyat_jax.convert.storage import Progress, report
 from rehyat_jax.models.wan_vae import (VIDEO_CHANNELS, Downsample, ResidualBlock, Upsample, WanVAE,
                                        WanVAEConfig)
 
 Layout = Literal["diffusers", "original"]
-# conv3d: [out, in, kt, kh, kw] -> [kt, kh, kw, in, out]; conv2d: [out, in, kh, kw] -> [kh, kw, in, out];
-# norm_video / norm_image: RMS_norm gamma [C, 1, 1, 1] / [C, 1, 1] -> [C].
-Transform = Literal["conv3d", "conv2d", "norm_video", "norm_image", "copy"]
-Progress = Callable[[str], None] | None
-ParamPath = tuple[str | int, ...]
 
 DIFFUSERS_SUBFOLDER = "vae"
-MAX_LISTED_PER_PROBLEM = 20
-
-
-@dataclasses.dataclass(frozen=True)
-class KeyRow:
-  """One parameter: its path in the ``WanVAE`` tree and its key in either checkpoint layout."""
-
-  path: ParamPath
-  diffusers: str
-  original: str
-  transform: Transform
-
-  def key(self, layout: Layout) -> str:
-    return self.diffusers if layout == "diffusers" else self.original
+KIND = "Wan2.1 VAE"  # names converted VAE checkpoints in errors
 
 
 # Per-module rows: (sub-path, diffusers suffix, original suffix, transform).
@@ -95,13 +74,17 @@ def _abstract_vae(cfg: WanVAEConfig, param_dtype: Any = jnp.float32) -> WanVAE:
   return nnx.eval_shape(lambda: WanVAE(cfg, rngs=nnx.Rngs(0), param_dtype=param_dtype))
 
 
-def vae_key_table(cfg: WanVAEConfig) -> tuple[KeyRow, ...]:
-  """Every parameter of a ``WanVAE(cfg)`` with its diffusers and original key."""
+def vae_key_table(cfg: WanVAEConfig, layout: Layout) -> dict[str, KeyRow]:
+  """Every parameter of a ``WanVAE(cfg)``, by its key in a ``layout`` checkpoint."""
+  if layout not in ("diffusers", "original"):
+    raise ValueError(f"unknown VAE checkpoint layout {layout!r}; expected 'diffusers' or 'original'")
   vae = _abstract_vae(cfg)
   rows: list[KeyRow] = []
 
   def add(table: _Rows, path: ParamPath, diffusers: str, original: str) -> None:
-    rows.extend(KeyRow(path + sub, f"{diffusers}.{d}", f"{original}.{o}", t) for sub, d, o, t in table)
+    for sub, diffusers_suffix, original_suffix, transform in table:
+      key = f"{diffusers}.{diffusers_suffix}" if layout == "diffusers" else f"{original}.{original_suffix}"
+      rows.append(KeyRow(key, path + sub, transform))
 
   def add_block(block: nnx.Module, path: ParamPath, diffusers: str, original: str) -> None:
     if isinstance(block, ResidualBlock):
@@ -145,49 +128,25 @@ def vae_key_table(cfg: WanVAEConfig) -> tuple[KeyRow, ...]:
       flat += 1
   add(_NORM, ("decoder", "norm_out"), "decoder.norm_out", "decoder.head.0")
   add(_CONV, ("decoder", "conv_out"), "decoder.conv_out", "decoder.head.2")
-  return tuple(rows)
+  table = {row.key: row for row in rows}
+  if len(table) != len(rows):
+    raise AssertionError(f"the VAE key table names {len(rows) - len(table)} keys twice")
+  return table
 
 
-def target_shapes(cfg: WanVAEConfig) -> dict[ParamPath, tuple[int, ...]]:
-  """Parameter path -> shape of a ``WanVAE(cfg)``."""
-  state = nnx.to_pure_dict(nnx.state(_abstract_vae(cfg)))
-  leaves = jax.tree_util.tree_flatten_with_path(state)[0]
-  return {tuple(getattr(k, "key", k) for k in path): tuple(leaf.shape) for path, leaf in leaves}
+def target_shapes(cfg: WanVAEConfig) -> dict[str | int, Any]:
+  """The parameter tree of a ``WanVAE(cfg)`` with shapes as leaves (list entries keyed by their index)."""
+  return jax.tree_util.tree_map(lambda leaf: tuple(leaf.shape), nnx.to_pure_dict(nnx.state(_abstract_vae(cfg))))
 
 
-def source_shape(transform: Transform, target: tuple[int, ...]) -> tuple[int, ...]:
-  """The torch shape of the tensor that becomes a leaf of shape ``target``."""
-  if transform == "conv3d":
-    kt, kh, kw, cin, cout = target
-    return (cout, cin, kt, kh, kw)
-  if transform == "conv2d":
-    kh, kw, cin, cout = target
-    return (cout, cin, kh, kw)
-  if transform == "norm_video":
-    return (target[0], 1, 1, 1)
-  if transform == "norm_image":
-    return (target[0], 1, 1)
-  return target
-
-
-def to_target_layout(tensor: np.ndarray, transform: Transform) -> np.ndarray:
-  """A view of a torch-layout tensor in the JAX layout."""
-  if transform == "conv3d":
-    return tensor.transpose(2, 3, 4, 1, 0)
-  if transform == "conv2d":
-    return tensor.transpose(2, 3, 1, 0)
-  if transform in ("norm_video", "norm_image"):
-    return tensor.reshape(tensor.shape[0])
-  return tensor
-
-
-def expected_source_keys(cfg: WanVAEConfig, layout: Layout) -> dict[str, tuple[int, ...]]:
+def expected_source_keys(cfg: WanVAEConfig, layout: Layout) -> dict[str, Shape]:
   """Every key a ``layout`` checkpoint of ``cfg`` holds -> its torch shape."""
   shapes = target_shapes(cfg)
-  table = vae_key_table(cfg)
-  if {row.path for row in table} != set(shapes):
+  table = vae_key_table(cfg, layout)
+  leaves = jax.tree_util.tree_flatten_with_path(shapes, is_leaf=lambda leaf: isinstance(leaf, tuple))[0]
+  if {row.path for row in table.values()} != {tuple(getattr(k, "key", k) for k in path) for path, _ in leaves}:
     raise AssertionError("the VAE key table does not cover the WanVAE parameters one to one")
-  return {row.key(layout): source_shape(row.transform, shapes[row.path]) for row in table}
+  return key_rows.expected_shapes(table, shapes)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -204,10 +163,8 @@ def open_vae_source(path: str | os.PathLike) -> TensorSource:
       return open_vae_source(path / DIFFUSERS_SUBFOLDER)
     torch_files = sorted(p for p in path.iterdir() if p.suffix in TORCH_SUFFIXES)
     if not list(path.glob("*.safetensors")) and len(torch_files) == 1:
-      return open_torch_file(torch_files[0])
-  elif path.suffix in TORCH_SUFFIXES:
-    return open_torch_file(path)
-  return open_safetensors(path)
+      return open_weights_file(torch_files[0])
+  return open_weights_file(path)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -290,28 +247,10 @@ def detect_vae_config(source: TensorSource, layout: Layout) -> WanVAEConfig:
 
 def check_vae_source(source: TensorSource, layout: Layout, cfg: WanVAEConfig) -> None:
   """Raises one CheckpointError listing every missing, unexpected, mis-shaped or non-float tensor."""
-  expected = expected_source_keys(cfg, layout)
-  found = source.shapes
-  problems = [
-      ("missing", [f"{k}  expected {list(s)}" for k, s in expected.items() if k not in found]),
-      ("unexpected", [f"{k}  {list(found[k])}" for k in sorted(found) if k not in expected]),
-      ("mis-shaped", [f"{k}: expected {list(s)}, found {list(found[k])}"
-                      for k, s in expected.items() if k in found and tuple(found[k]) != s]),
-      ("non-float", [f"{k}: {source.dtype_names[k]}" for k in expected
-                     if k in found and source.dtype_names[k] not in SOURCE_FLOAT_DTYPES]),
-  ]
-  if not any(items for _, items in problems):
-    return
-  lines = [f"{source.path} does not match a Wan2.1 VAE ({layout} layout, base_dim={cfg.base_dim}, "
-           f"z_dim={cfg.z_dim}, dim_mult={list(cfg.dim_mult)}, num_res_blocks={cfg.num_res_blocks}, "
-           f"temperal_downsample={list(cfg.temperal_downsample)}):"]
-  for kind, items in problems:
-    if items:
-      lines.append(f"  {len(items)} {kind} key{'s' if len(items) > 1 else ''}:")
-      lines.extend(f"    {item}" for item in items[:MAX_LISTED_PER_PROBLEM])
-      if len(items) > MAX_LISTED_PER_PROBLEM:
-        lines.append(f"    ... and {len(items) - MAX_LISTED_PER_PROBLEM} more")
-  raise CheckpointError("\n".join(lines))
+  key_rows.check_source(source, expected_source_keys(cfg, layout),
+                        f"a Wan2.1 VAE ({layout} layout, base_dim={cfg.base_dim}, z_dim={cfg.z_dim}, "
+                        f"dim_mult={list(cfg.dim_mult)}, num_res_blocks={cfg.num_res_blocks}, "
+                        f"temperal_downsample={list(cfg.temperal_downsample)})")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -336,45 +275,24 @@ def convert_wan_vae(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: st
       anything is written.
   """
   start = time.perf_counter()
-  if dtype not in TARGET_DTYPES:
-    raise CheckpointError(f"unsupported target dtype {dtype!r}; choose one of {sorted(TARGET_DTYPES)}")
+  storage.target_dtype(dtype)
+  storage.check_destination(dst, overwrite)
   source = open_vae_source(src)
-  layout = detect_vae_layout(set(source.shapes))
+  layout = detect_vae_layout(set(source.tensors))
   cfg = config if config is not None else detect_vae_config(source, layout)
   check_vae_source(source, layout, cfg)
-
-  params = jax.tree_util.tree_map(lambda leaf: None, nnx.to_pure_dict(nnx.state(_abstract_vae(cfg))))
-  for row in vae_key_table(cfg):
-    leaf = to_target_layout(np.asarray(source.read(row.key(layout))), row.transform)
-    parent = params
-    for name in row.path[:-1]:
-      parent = parent[name]
-    parent[row.path[-1]] = np.ascontiguousarray(leaf, dtype=TARGET_DTYPES[dtype])
-  if progress is not None:
-    progress(f"{source.path}: {layout} layout, {len(source.shapes)} tensors -> {dtype}; writing {dst}")
-  conversion = {
-      "model": "wan2.1-vae",
-      "source": str(source.path.resolve()),
-      "layout": layout,
-      "dtype": dtype,
-      "num_tensors": len(source.shapes),
-      "converted_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-      "seconds_to_convert": round(time.perf_counter() - start, 2),
-  }
-  write_converted(dst, params, cfg, conversion, overwrite=overwrite)
+  table = vae_key_table(cfg, layout)
+  report(progress, f"{source.path}: {layout} layout, {len(table)} tensors -> {dtype}")
+  conversion = {"model": "wan2.1-vae", "source": str(source.path.resolve()), "layout": layout, "dtype": dtype,
+                "num_tensors": len(table)}
+  storage.write_tensors(dst, source, table, target_shapes(cfg), cfg, conversion, dtype=dtype, overwrite=overwrite,
+                        progress=progress, start=start)
   return cfg
 
 
 def read_wan_vae_config(path: str | os.PathLike) -> WanVAEConfig:
   """The ``WanVAEConfig`` of a converted VAE directory."""
-  config_file = Path(path) / CONFIG_FILE
-  if not config_file.is_file() or not (Path(path) / PARAMS_DIR).is_dir():
-    raise CheckpointError(f"{path} is not a converted checkpoint (expected {CONFIG_FILE} and {PARAMS_DIR}/; "
-                          "create one with convert_wan_vae)")
-  try:
-    return WanVAEConfig.from_dict(json.loads(config_file.read_text()))
-  except (UnicodeDecodeError, json.JSONDecodeError, TypeError, ValueError) as e:
-    raise CheckpointError(f"{config_file}: not a Wan2.1 VAE config ({e})") from e
+  return storage.read_config(path, WanVAEConfig.from_dict, KIND, "vae")
 
 
 def load_wan_vae(path: str | os.PathLike, *, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32) -> WanVAE:
@@ -382,6 +300,5 @@ def load_wan_vae(path: str | os.PathLike, *, dtype: Any = jnp.float32, param_dty
   cfg = read_wan_vae_config(path)
   abstract = nnx.eval_shape(lambda: WanVAE(cfg, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype))
   graphdef, state = nnx.split(abstract)
-  target = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), nnx.to_pure_dict(state))
-  nnx.replace_by_pure_dict(state, restore_params(path, target))
+  nnx.replace_by_pure_dict(state, storage.restore_into(path, nnx.to_pure_dict(state)))
   return nnx.merge(graphdef, state)

@@ -1,7 +1,7 @@
 """Teacher latents: prompts -> a teacher DiT samples clean latents -> a ``WanLatentsDataset`` (no VAE needed).
 
 Each record is one prompt's sample from Wan2.1's flow sampler with classifier-free guidance (the pieces of
-``rehyat_jax.generate``: same schedule, sampler and negative prompt), keyed ``p{index:08d}-s{seed}``. The
+``rehyat_jax.inference``: same schedule, sampler and negative prompt), keyed ``p{index:08d}-s{seed}``. The
 teacher is conditioned on the text embeddings as the record stores them (rounded to bfloat16), so a student
 trained on the record sees exactly the teacher's condition. The noise of prompt ``i`` is drawn from
 ``jax.random.key(seed + i)`` whatever the host split, so resuming or changing the number of hosts gives the
@@ -21,8 +21,8 @@ import numpy as np
 
 from rehyat_jax.data.builders import LatentShapes, WanLatentsDataset, bf16_bits_to_float32, to_bf16_bits
 from rehyat_jax.data.prompt_encoding import EncodingSummary, encode_texts, text_shape, write_host_shards
-from rehyat_jax.generate import (WAN_SIZE_MULTIPLE, WAN_TEMPORAL_FACTOR, check_prompts, check_video_shape,
-                                 make_sampler, make_schedule)
+from rehyat_jax.inference.pipeline import WAN_SIZE_MULTIPLE, WAN_TEMPORAL_FACTOR, check_prompts, check_video_shape
+from rehyat_jax.inference.sampler import make_sampler, make_schedule
 from rehyat_jax.models.tokenizer import UMT5Tokenizer
 from rehyat_jax.models.umt5 import UMT5Encoder
 from rehyat_jax.models.wan import WanDiT
@@ -56,7 +56,7 @@ def generate_latents(prompts: Sequence[str], dit: WanDiT, tokenizer: UMT5Tokeniz
   """Writes this host's shards of teacher samples of ``prompts`` (see the module docstring).
 
   ``batch_size`` is the text encoder's; the DiT samples one prompt at a time (as ``generate``). Bad arguments
-  (``generate.GenerationError``, a ``ValueError``) are raised before anything is compiled.
+  (``inference.GenerationError``, a ``ValueError``) are raised before anything is compiled.
   """
   prompts = check_prompts(prompts)
   check_video_shape(frames, height, width, size_multiple=WAN_SIZE_MULTIPLE)
@@ -68,7 +68,7 @@ def generate_latents(prompts: Sequence[str], dit: WanDiT, tokenizer: UMT5Tokeniz
   builder = WanLatentsDataset(data_dir=out_dir, shapes=LatentShapes(latents=shape,
                                                                    text=text_shape(tokenizer, encoder)))
   # Built once: the sampler compiles on its first call and is reused for every shard.
-  sampler = make_sampler(dit, schedule, solver=solver, guidance=guidance, mode="parallel")
+  sampler = make_sampler(dit, schedule, solver=solver, guidance=guidance, forward="parallel")
   ((negative_embedding, _),) = encode_texts([negative_prompt], tokenizer, encoder, batch_size=1)
   # The DiT takes text_len tokens; the tokenizer may pad to fewer (the rest is zero, as Wan pads).
   pad_rows = ((0, dit.cfg.text_len - tokenizer.text_len), (0, 0))

@@ -7,7 +7,7 @@ import argparse
 import sys
 from typing import Any, Callable
 
-from rehyat_jax.convert.safetensors_source import CheckpointError
+from rehyat_jax.convert.sources import CheckpointError
 
 
 def parse_size(text: str) -> tuple[int, int]:

@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from rehyat_jax.convert import CheckpointError, convert_wan_checkpoint, wan_dit
+from rehyat_jax.convert import CheckpointError, convert_wan_checkpoint, storage, wan_dit
 from wan_torch_fixtures import original_layout_state_dict, write_original_layout, write_safetensors
 
 
@@ -127,7 +127,7 @@ def test_failure_while_writing_removes_the_staging_directory(tiny_diffusers, tmp
     (directory / "partial").mkdir(parents=True)
     raise OSError("disk full")
 
-  monkeypatch.setattr(wan_dit, "save_params", failing_save)
+  monkeypatch.setattr(storage, "save_params", failing_save)
   with pytest.raises(OSError, match="disk full"):
     convert_wan_checkpoint(tiny_diffusers[1], tmp_path / "out", progress=None)
   assert list(tmp_path.iterdir()) == []

@@ -21,10 +21,10 @@ from flax import nnx
 from transformers import UMT5Config as HFUMT5Config
 from transformers import UMT5EncoderModel
 
-from rehyat_jax.convert.safetensors_source import CheckpointError
+from rehyat_jax.convert.sources import CheckpointError
 from rehyat_jax.convert.umt5 import (LAYOUTS, WAN_T5_FILENAME, convert_umt5_checkpoint, detect_config, load_umt5,
                                      open_source, read_umt5_config, source_key_table, target_shapes)
-from rehyat_jax.convert.wan_dit import restore_params
+from rehyat_jax.convert.storage import restore_params
 from rehyat_jax.models.umt5 import UMT5_TINY, UMT5Config, UMT5Encoder
 
 FP32_TOLERANCE = 1e-5

@@ -17,7 +17,7 @@ from diffusers import AutoencoderKLWan
 from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 from flax import nnx
 
-from rehyat_jax.convert.safetensors_source import CheckpointError
+from rehyat_jax.convert.sources import CheckpointError
 from rehyat_jax.convert.wan_vae import (convert_wan_vae, expected_source_keys, infer_vae_config, load_wan_vae,
                                         vae_key_table)
 from rehyat_jax.models.wan_vae import WanVAEConfig
@@ -54,6 +54,12 @@ def tiny(tmp_path_factory) -> tuple[AutoencoderKLWan, object]:
   return model, folder
 
 
+def original_to_diffusers(cfg: WanVAEConfig) -> dict[str, str]:
+  """Original key -> diffusers key of every VAE parameter, paired through the parameter path they fill."""
+  diffusers = {row.path: key for key, row in vae_key_table(cfg, "diffusers").items()}
+  return {key: diffusers[row.path] for key, row in vae_key_table(cfg, "original").items()}
+
+
 def test_full_size_key_table_matches_diffusers(full_size_diffusers_shapes):
   cfg = WanVAEConfig()
   assert expected_source_keys(cfg, "diffusers") == full_size_diffusers_shapes
@@ -62,13 +68,13 @@ def test_full_size_key_table_matches_diffusers(full_size_diffusers_shapes):
 
 def test_full_size_original_names_match_diffusers_single_file_converter(full_size_diffusers_shapes):
   cfg = WanVAEConfig()
-  rows = vae_key_table(cfg)
-  assert len({row.original for row in rows}) == len(rows) == len(full_size_diffusers_shapes)
+  rename = original_to_diffusers(cfg)
+  assert len(set(rename.values())) == len(rename) == len(full_size_diffusers_shapes)
   # Tag every tensor with its diffusers key, rename it the original way, and let diffusers rename it back.
-  original_state = {row.original: row.diffusers for row in rows}
-  assert convert_wan_vae_to_diffusers(original_state) == {row.diffusers: row.diffusers for row in rows}
+  original_state = dict(rename)
+  assert convert_wan_vae_to_diffusers(original_state) == {diffusers: diffusers for diffusers in rename.values()}
   original_shapes = expected_source_keys(cfg, "original")
-  assert {row.original: full_size_diffusers_shapes[row.diffusers] for row in rows} == original_shapes
+  assert {original: full_size_diffusers_shapes[diffusers] for original, diffusers in rename.items()} == original_shapes
   assert infer_vae_config(original_shapes, "original") == cfg
   assert infer_vae_config(full_size_diffusers_shapes, "diffusers") == cfg
 
@@ -77,10 +83,10 @@ def test_original_pth_converts_to_the_same_vae(tiny, tmp_path):
   model, folder = tiny
   diffusers_cfg = convert_wan_vae(folder, tmp_path / "from_diffusers", progress=None)
   state = model.state_dict()
-  rows = vae_key_table(diffusers_cfg)
-  assert {row.diffusers for row in rows} == set(state)
+  rename = original_to_diffusers(diffusers_cfg)
+  assert set(rename.values()) == set(state)
   pth = tmp_path / "Wan2.1_VAE.pth"
-  torch.save({row.original: state[row.diffusers] for row in rows}, pth)
+  torch.save({original: state[diffusers] for original, diffusers in rename.items()}, pth)
 
   cfg = convert_wan_vae(pth, tmp_path / "from_pth", progress=None)  # no config.json: inferred from shapes
   assert cfg == diffusers_cfg == WanVAEConfig.tiny()
@@ -122,7 +128,7 @@ def test_every_problem_is_listed_in_one_error(tiny, tmp_path):
     convert_wan_vae(broken, tmp_path / "out", progress=None)
   message = str(error.value)
   assert "1 missing key" in message and "decoder.up_blocks.0.upsamplers.0.time_conv.bias" in message
-  assert "1 mis-shaped key" in message
+  assert "1 shape mismatch" in message
   assert "encoder.conv_in.weight: expected [3, 3, 3, 3, 3], found [3, 3, 1, 3, 3]" in message
   assert "1 unexpected key" in message and "encoder.extra.weight" in message
   assert not (tmp_path / "out").exists()
@@ -137,5 +143,5 @@ def test_unreadable_sources(tmp_path):
   torch.save({"some.other.weight": torch.zeros(1)}, tmp_path / "other.pth")
   with pytest.raises(CheckpointError, match="unknown VAE checkpoint layout"):
     convert_wan_vae(tmp_path / "other.pth", tmp_path / "out", progress=None)
-  with pytest.raises(CheckpointError, match="not a converted checkpoint"):
+  with pytest.raises(CheckpointError, match="not a converted Wan2.1 VAE checkpoint"):
     load_wan_vae(tmp_path)

@@ -22,7 +22,7 @@ from rehyat_jax.data.prompt_encoding import encode_prompts, read_prompts
 from rehyat_jax.data.sources import open_latent_source, open_prompt_source
 from rehyat_jax.data.video_encoding import (CaptionedVideo, ClipSpec, encode_videos, read_clip, read_video_list,
                                             resize_and_crop)
-from rehyat_jax.generate import make_sampler, make_schedule
+from rehyat_jax.inference.sampler import make_sampler, make_schedule
 from rehyat_jax.models.config import WanConfig
 from rehyat_jax.models.tokenizer import UMT5Tokenizer
 from rehyat_jax.models.umt5 import UMT5_TINY, UMT5Encoder, encode_for_wan
@@ -226,7 +226,7 @@ def test_teacher_latents_match_the_sampler(tmp_path, tokenizer, encoder):
   source = open_latent_source(summary.dataset_dir)
   assert len(source) == 3
 
-  sampler = make_sampler(dit, make_schedule("euler", 2, 5.0), solver="euler", guidance=5.0, mode="parallel")
+  sampler = make_sampler(dit, make_schedule("euler", 2, 5.0), solver="euler", guidance=5.0, forward="parallel")
   # The teacher conditions on the stored embeddings (bfloat16): read them back from the dataset.
   texts = [bf16_bits_to_float32(source[2]["text_embedding"])[None],
            expected_embeddings(["blurry"], tokenizer, encoder)[0]]

@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 
 from configs import tiny
-from rehyat_jax.attention.feature_maps import PhiParam
+from rehyat_jax.core.adapters import AdapterParam
 from rehyat_jax.train.checkpointing import CheckpointMismatch
 from rehyat_jax.train.config_checks import ConfigError, check_config
 from rehyat_jax.train.loop import run
@@ -55,12 +55,12 @@ def test_stage1_trains_phi_only_and_frozen_params_are_bit_identical(tmp_path):
   initial = build_model(cfg)
   summary = run(cfg)
   assert summary["compiles"] == 1  # explicit shardings + donation: no recompile after step 0
-  before_frozen = flat(nnx.split(initial, PhiParam, ...)[2])
+  before_frozen = flat(nnx.split(initial, AdapterParam, ...)[2])
   after_frozen = flat(summary["frozen"])
   assert before_frozen.keys() == after_frozen.keys() and len(after_frozen) > 20
   for name, value in before_frozen.items():
     np.testing.assert_array_equal(after_frozen[name], value, err_msg=name)
-  before_phi, after_phi = flat(nnx.state(initial, PhiParam)), flat(summary["trainable"])
+  before_phi, after_phi = flat(nnx.state(initial, AdapterParam)), flat(summary["trainable"])
   assert before_phi.keys() == after_phi.keys()
   assert any(not np.array_equal(before_phi[k], after_phi[k]) for k in before_phi)
 
@@ -153,7 +153,7 @@ def test_checkpoint_of_another_model_is_refused_and_kept(tmp_path, monkeypatch):
   with pytest.raises(CheckpointMismatch, match=r"model: checkpoint .*num_layers.{0,3}: 2"):
     run(config(**{"train.steps": 4, "workdir": str(tmp_path), "model.preset": "tiny-3-layers"}))
   with pytest.raises(CheckpointMismatch, match="feature_map"):
-    run(config(**{"train.steps": 4, "workdir": str(tmp_path), "rehyat.hidden": 8}))
+    run(config(**{"train.steps": 4, "workdir": str(tmp_path), "rehyat.feature_map.hidden": 8}))
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
 
 
@@ -164,7 +164,10 @@ def test_checkpoint_of_another_model_is_refused_and_kept(tmp_path, monkeypatch):
     ({"rehyat.converted_blocks": "0,5"}, "unknown block ids \\[5\\]"),
     ({"stage": "pretrain"}, "stage must be one of"),
     ({"data.source": "latents"}, "needs data.data_dir"),
-    ({"train.trainable": "all"}, "train.trainable must be 'phi' in stage 1"),
+    ({"train.trainable": "all"}, "train.trainable must be 'adapters' in stage 1"),
+    ({"rehyat.feature_map.kind": "cosine"}, "unknown feature map kind 'cosine'"),
+    ({"model.window_backend": "triton"}, "model: .*window_backend"),
+    ({"model.hybrid_form": "recurrent", "rehyat.causal": False}, "needs rehyat.causal=True"),
 ])
 def test_config_errors_name_the_field(overrides, message):
   cfg = config(**overrides)

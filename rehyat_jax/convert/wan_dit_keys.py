@@ -1,49 +1,25 @@
-"""The key table: which PyTorch tensor of a Wan2.1 T2V checkpoint fills which leaf of the JAX parameter tree.
+"""The Wan2.1 T2V DiT key tables: which PyTorch tensor fills which leaf of the scanned JAX parameter tree.
 
-Two explicit tables, both generated from dict literals (one for the top-level tensors, one per block, formatted
-with the block index), never from string replacement:
+- ``ORIGINAL`` (``Wan-Video/Wan2.1``): every original-layout key -> (path in the scanned JAX tree, transform);
+  block tensors fill row i of leaves that lead with [num_layers].
+- ``DIFFUSERS`` (``WanTransformer3DModel``): the same rows under diffusers names, composed from the bijective
+  rename diffusers key -> original key (wan21-reference.md §2.3), which ``diffusers_to_original_keys`` expands.
 
-- ``original_key_table(cfg)``: every original-layout key (``Wan-Video/Wan2.1``) → ``TargetSlot`` (path in the
-  scanned JAX tree, layer index for block tensors, and the transform that turns the torch tensor into the JAX
-  layout);
-- ``diffusers_to_original_keys(num_layers)``: the bijective rename from ``WanTransformer3DModel`` keys to original
-  keys (wan21-reference.md §2.3).
-
-Shapes have one source of truth, ``target_shapes(cfg)``; the torch shape a source tensor must have is derived from
-its target leaf by undoing the transform.
+Shapes have one source of truth, ``target_shapes(cfg)``; ``expected_source_keys`` derives the torch shapes.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Literal
 
-import numpy as np
-
+from rehyat_jax.convert.key_rows import Entry, KeyRow, KeyTemplates, Shape, expected_shapes
 from rehyat_jax.models.config import WanConfig
 
 Layout = Literal["original", "diffusers"]
-Transform = Literal["linear", "conv3d", "copy"]
-Shape = tuple[int, ...]
-
 LAYOUTS: tuple[Layout, ...] = ("original", "diffusers")
 
-# Conv3d weight [out, in, kt, kh, kw] → JAX kernel [kt, kh, kw, in, out].
-CONV3D_TO_JAX_AXES = (2, 3, 4, 1, 0)
-CONV3D_FROM_JAX_AXES = (4, 3, 0, 1, 2)
-
-
-@dataclasses.dataclass(frozen=True)
-class TargetSlot:
-  """Where one source tensor lands: ``tree[path][layer]`` (or ``tree[path]`` when ``layer`` is None)."""
-
-  path: tuple[str, ...]
-  layer: int | None
-  transform: Transform
-
-
-# Original-layout top-level tensors → (target path, transform).
-_ORIGINAL_TOP_LEVEL: dict[str, tuple[tuple[str, ...], Transform]] = {
+# Original-layout top-level tensors -> (target path, transform).
+_ORIGINAL_TOP_LEVEL: dict[str, Entry] = {
     "patch_embedding.weight": (("patch_embedding", "kernel"), "conv3d"),
     "patch_embedding.bias": (("patch_embedding", "bias"), "copy"),
     "text_embedding.0.weight": (("text_embedding", "linear_1", "kernel"), "linear"),
@@ -61,9 +37,8 @@ _ORIGINAL_TOP_LEVEL: dict[str, tuple[tuple[str, ...], Transform]] = {
     "head.head.bias": (("head", "head", "bias"), "copy"),
 }
 
-# Original-layout tensors of block {i} → (target path under "blocks", transform). The target leaves carry a
-# leading [num_layers] axis; block i fills row i.
-_ORIGINAL_BLOCK: dict[str, tuple[tuple[str, ...], Transform]] = {
+# Original-layout tensors of block {i} -> (target path under "blocks", transform).
+_ORIGINAL_BLOCK: dict[str, Entry] = {
     "blocks.{i}.modulation": (("modulation",), "copy"),
     "blocks.{i}.self_attn.q.weight": (("self_attn", "q", "kernel"), "linear"),
     "blocks.{i}.self_attn.q.bias": (("self_attn", "q", "bias"), "copy"),
@@ -93,7 +68,7 @@ _ORIGINAL_BLOCK: dict[str, tuple[tuple[str, ...], Transform]] = {
     "blocks.{i}.ffn.2.bias": (("ffn", "fc2", "bias"), "copy"),
 }
 
-# Diffusers (WanTransformer3DModel) top-level key → original key.
+# Diffusers (WanTransformer3DModel) top-level key -> original key.
 _DIFFUSERS_TOP_LEVEL: dict[str, str] = {
     "patch_embedding.weight": "patch_embedding.weight",
     "patch_embedding.bias": "patch_embedding.bias",
@@ -112,7 +87,7 @@ _DIFFUSERS_TOP_LEVEL: dict[str, str] = {
     "proj_out.bias": "head.head.bias",
 }
 
-# Diffusers key of block {i} → original key. diffusers numbers the block norms in execution order, so its
+# Diffusers key of block {i} -> original key. diffusers numbers the block norms in execution order, so its
 # affine cross-attention norm is norm2 where the original calls it norm3.
 _DIFFUSERS_BLOCK: dict[str, str] = {
     "blocks.{i}.scale_shift_table": "blocks.{i}.modulation",
@@ -144,6 +119,12 @@ _DIFFUSERS_BLOCK: dict[str, str] = {
     "blocks.{i}.ffn.net.2.bias": "blocks.{i}.ffn.2.bias",
 }
 
+ORIGINAL = KeyTemplates(top_level=_ORIGINAL_TOP_LEVEL, block=_ORIGINAL_BLOCK)
+DIFFUSERS = KeyTemplates(
+    top_level={key: _ORIGINAL_TOP_LEVEL[original] for key, original in _DIFFUSERS_TOP_LEVEL.items()},
+    block={template: _ORIGINAL_BLOCK[original] for template, original in _DIFFUSERS_BLOCK.items()})
+TEMPLATES: dict[Layout, KeyTemplates] = {"original": ORIGINAL, "diffusers": DIFFUSERS}
+
 # Image-to-video (and first-last-frame) modules, named by top-level module or by module path inside a block.
 # Their presence means the checkpoint is not T2V.
 I2V_TOP_LEVEL_MODULES = ("img_emb", "condition_embedder.image_embedder")
@@ -153,77 +134,41 @@ I2V_BLOCK_MODULES = frozenset({
 })
 
 
-def split_block_key(key: str) -> tuple[int, str] | None:
-  """``'blocks.7.attn1.to_q.weight'`` → ``(7, 'attn1.to_q.weight')``; None for keys outside ``blocks.N.``."""
-  parts = key.split(".", 2)
-  if len(parts) == 3 and parts[0] == "blocks" and parts[1].isdigit():
-    return int(parts[1]), parts[2]
-  return None
-
-
 def is_image_to_video_key(key: str) -> bool:
   """True for a tensor that only image-to-video Wan checkpoints have (either layout)."""
-  block = split_block_key(key)
+  block = ORIGINAL.split_block_key(key)  # both layouts number their blocks "blocks.N."
   if block is None:
     return any(key.startswith(module + ".") for module in I2V_TOP_LEVEL_MODULES)
   module_path = block[1].rsplit(".", 1)[0]
   return module_path in I2V_BLOCK_MODULES
 
 
-def _block_template_names(template: dict[str, Any]) -> frozenset[str]:
-  return frozenset(split_block_key(key.format(i=0))[1] for key in template)
+def source_key_table(cfg: WanConfig, layout: Layout) -> dict[str, KeyRow]:
+  """Every key a ``layout`` checkpoint of ``cfg`` must hold -> its row (15 top-level + 27 per block)."""
+  if layout not in TEMPLATES:
+    raise ValueError(f"unknown checkpoint layout {layout!r}; expected one of {LAYOUTS}")
+  return TEMPLATES[layout].rows(cfg.num_layers)
 
 
-# Key names independent of the block count, for telling the layouts apart (``layout_scores``).
-_ORIGINAL_NAMES = (frozenset(_ORIGINAL_TOP_LEVEL), _block_template_names(_ORIGINAL_BLOCK))
-_DIFFUSERS_NAMES = (frozenset(_DIFFUSERS_TOP_LEVEL), _block_template_names(_DIFFUSERS_BLOCK))
-
-
-def layout_scores(keys: list[str] | set[str]) -> dict[Layout, int]:
-  """How many of ``keys`` are names of each layout (block keys count whatever their index)."""
-  scores: dict[Layout, int] = {}
-  for layout, (top_level, block_names) in (("original", _ORIGINAL_NAMES), ("diffusers", _DIFFUSERS_NAMES)):
-    count = 0
-    for key in keys:
-      block = split_block_key(key)
-      count += (block[1] in block_names) if block is not None else (key in top_level)
-    scores[layout] = count
-  return scores
-
-
-def original_key_table(cfg: WanConfig) -> dict[str, TargetSlot]:
-  """Every original-layout key of ``cfg`` → its target slot (15 top-level + 27 per block)."""
-  table = {key: TargetSlot(path, None, transform) for key, (path, transform) in _ORIGINAL_TOP_LEVEL.items()}
-  for i in range(cfg.num_layers):
-    for template, (path, transform) in _ORIGINAL_BLOCK.items():
-      table[template.format(i=i)] = TargetSlot(("blocks",) + path, i, transform)
-  return table
+def original_key_table(cfg: WanConfig) -> dict[str, KeyRow]:
+  """Every original-layout key of ``cfg`` -> its row."""
+  return source_key_table(cfg, "original")
 
 
 def diffusers_to_original_keys(num_layers: int) -> dict[str, str]:
-  """The bijective rename diffusers key → original key for a model of ``num_layers`` blocks."""
+  """The bijective rename diffusers key -> original key for a model of ``num_layers`` blocks."""
   rename = dict(_DIFFUSERS_TOP_LEVEL)
   for i in range(num_layers):
     for template, original in _DIFFUSERS_BLOCK.items():
       rename[template.format(i=i)] = original.format(i=i)
   if len(set(rename.values())) != len(rename):
-    raise AssertionError("diffusers → original rename table is not injective")
+    raise AssertionError("diffusers -> original rename table is not injective")
   return rename
 
 
 def original_to_diffusers_keys(num_layers: int) -> dict[str, str]:
   """The inverse of ``diffusers_to_original_keys``."""
   return {original: diffusers for diffusers, original in diffusers_to_original_keys(num_layers).items()}
-
-
-def source_key_table(cfg: WanConfig, layout: Layout) -> dict[str, TargetSlot]:
-  """Every key a ``layout`` checkpoint of ``cfg`` must hold → its target slot."""
-  original = original_key_table(cfg)
-  if layout == "original":
-    return original
-  if layout == "diffusers":
-    return {key: original[name] for key, name in diffusers_to_original_keys(cfg.num_layers).items()}
-  raise ValueError(f"unknown checkpoint layout {layout!r}; expected one of {LAYOUTS}")
 
 
 def target_shapes(cfg: WanConfig) -> dict[str, Any]:
@@ -254,34 +199,6 @@ def target_shapes(cfg: WanConfig) -> dict[str, Any]:
   }
 
 
-def tree_get(tree: dict[str, Any], path: tuple[str, ...]) -> Any:
-  """``tree[path[0]][path[1]]...``."""
-  for name in path:
-    tree = tree[name]
-  return tree
-
-
-def source_shape(slot: TargetSlot, target_leaf_shape: Shape) -> Shape:
-  """The torch shape of the tensor that fills ``slot`` of a leaf of ``target_leaf_shape``."""
-  shape = target_leaf_shape[1:] if slot.layer is not None else target_leaf_shape
-  if slot.transform == "linear":
-    return shape[::-1]
-  if slot.transform == "conv3d":
-    return tuple(shape[axis] for axis in CONV3D_FROM_JAX_AXES)
-  return tuple(shape)
-
-
 def expected_source_keys(cfg: WanConfig, layout: Layout) -> dict[str, Shape]:
-  """Every key a ``layout`` checkpoint of ``cfg`` must hold → its torch shape."""
-  shapes = target_shapes(cfg)
-  return {key: source_shape(slot, tree_get(shapes, slot.path))
-          for key, slot in source_key_table(cfg, layout).items()}
-
-
-def to_target_layout(tensor: np.ndarray, transform: Transform) -> np.ndarray:
-  """A view of a torch-layout tensor in the JAX layout (no copy)."""
-  if transform == "linear":
-    return tensor.T
-  if transform == "conv3d":
-    return tensor.transpose(CONV3D_TO_JAX_AXES)
-  return tensor
+  """Every key a ``layout`` checkpoint of ``cfg`` must hold -> its torch shape."""
+  return expected_shapes(source_key_table(cfg, layout), target_shapes(cfg))

@@ -1,16 +1,19 @@
-"""Opening a safetensors checkpoint (single file, sharded set, or a directory of either) and streaming its tensors.
+"""The one read interface of the converters: ``TensorSource``, the tensors of a checkpoint by key, with shapes and
+dtypes known up front (from headers only) and bytes read on demand, one tensor at a time.
 
-Listing keys, shapes and dtypes reads only the JSON headers; ``read_tensor`` returns a read-only memory-mapped
-view of one tensor, so a converter holds one source tensor at a time and copies its bytes exactly once (into
-their destination).
+Two file formats open into it:
 
-The header reader and the tensor views are hand-written instead of using the ``safetensors`` package because its
-numpy framework cannot return bfloat16 tensors (numpy has no bfloat16 type: ``safe_open(f, "np").get_tensor``
-raises ``TypeError: data type 'bfloat16' not understood``), and the released Wan2.1 weights are often bf16; it
-also copies every tensor it returns. The format is small and fixed (https://github.com/huggingface/safetensors):
-an 8-byte little-endian header length N, N bytes of JSON ``{key: {"dtype", "shape", "data_offsets": [begin,
-end]}, "__metadata__": {...}}``, then the little-endian tensor bytes, offsets counted from the end of the header.
-bfloat16 bytes are viewed as ``ml_dtypes.bfloat16``.
+- safetensors (``open_safetensors_source``: a single file, a sharded set via its ``*.safetensors.index.json``, or a
+  directory holding either): each tensor is a read-only memory-mapped view, so a converter copies its bytes
+  exactly once, into their destination. The header reader and the views are hand-written instead of using the
+  ``safetensors`` package because its numpy framework cannot return bfloat16 tensors (numpy has no bfloat16 type:
+  ``safe_open(f, "np").get_tensor`` raises ``TypeError: data type 'bfloat16' not understood``), and the released
+  Wan2.1 weights are often bf16; it also copies every tensor it returns. The format is small and fixed
+  (https://github.com/huggingface/safetensors): an 8-byte little-endian header length N, N bytes of JSON
+  ``{key: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}``, then the little-endian
+  tensor bytes, offsets counted from the end of the header. bfloat16 bytes are viewed as ``ml_dtypes.bfloat16``.
+- a torch pickle (``open_torch_source``: .pth / .pt / .bin / .ckpt; needs torch, imported only then, and
+  memory-mapped when the file allows).
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ import json
 import math
 import os
 import struct
+import zipfile
 from pathlib import Path
+from typing import Callable, Iterable
 
 import ml_dtypes
 import numpy as np
@@ -30,6 +35,7 @@ Shape = tuple[int, ...]
 # Single-file repackagings (e.g. Comfy-Org/Wan_2.1_ComfyUI_repackaged) put the original keys under this prefix.
 SINGLE_FILE_PREFIX = "model.diffusion_model."
 INDEX_SUFFIX = ".safetensors.index.json"
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 # The safetensors library refuses headers above 100 MB; anything larger is not a safetensors file.
 MAX_HEADER_BYTES = 100_000_000
 
@@ -48,6 +54,8 @@ SAFETENSORS_DTYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype("?"),
 }
 DTYPE_NAMES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
+# The dtypes a converter accepts as weights (safetensors names; torch files use the same names for them).
+SOURCE_FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16"})
 
 
 class CheckpointError(ValueError):
@@ -56,36 +64,56 @@ class CheckpointError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class TensorInfo:
-  """Where one tensor lives: ``nbytes`` bytes at absolute byte ``offset`` of ``file``."""
+  """Where one tensor lives: ``nbytes`` bytes at ``offset`` of ``file`` (a byte offset in a safetensors file, the
+  position in the state dict of a torch file: either way, sorting by it reads the file front to back)."""
 
   name: str  # the key as stored in the file (before any prefix is stripped)
   file: Path
-  dtype: np.dtype
+  dtype_name: str  # safetensors names (F32, BF16, ...); torch's own (torch.int32, ...) for others in torch files
   shape: Shape
   offset: int
   nbytes: int
 
+  @property
+  def dtype(self) -> np.dtype | None:
+    """The numpy dtype of the stored values; None for a torch dtype without a safetensors name."""
+    return SAFETENSORS_DTYPES.get(self.dtype_name)
+
 
 @dataclasses.dataclass(frozen=True)
-class SafetensorsSource:
+class TensorSource:
   """The tensors of a checkpoint, by key (with ``stripped_prefix`` removed), and where its config lives."""
 
   path: Path  # what the caller named
   files: tuple[Path, ...]
   tensors: dict[str, TensorInfo]
-  config_path: Path | None  # config.json next to the weights, if any
+  config_path: Path | None  # a config file next to the weights, if any
+  reader: Callable[[TensorInfo], np.ndarray]  # a view where possible: read one tensor at a time
   stripped_prefix: str = ""
 
+  @property
   def shapes(self) -> dict[str, Shape]:
     return {key: info.shape for key, info in self.tensors.items()}
 
-  def dtypes(self) -> dict[str, np.dtype]:
-    return {key: info.dtype for key, info in self.tensors.items()}
+  @property
+  def dtype_names(self) -> dict[str, str]:
+    return {key: info.dtype_name for key, info in self.tensors.items()}
 
   @property
   def total_bytes(self) -> int:
     return sum(info.nbytes for info in self.tensors.values())
 
+  def read(self, key: str) -> np.ndarray:
+    return self.reader(self.tensors[key])
+
+  def file_order(self, keys: Iterable[str]) -> list[str]:
+    """``keys`` in the order that reads the files sequentially."""
+    return sorted(keys, key=lambda key: (str(self.tensors[key].file), self.tensors[key].offset))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# safetensors
+# ----------------------------------------------------------------------------------------------------------
 
 def read_safetensors_header(file: str | os.PathLike) -> dict[str, TensorInfo]:
   """The tensors of one safetensors file, from its header only; checks that every tensor's bytes are present."""
@@ -138,16 +166,16 @@ def _tensor_info(file: Path, name: str, entry: object, data_start: int) -> Tenso
     raise CheckpointError(f"{file}: corrupt safetensors header entry for {name!r}: {entry!r}") from e
   if dtype_name not in SAFETENSORS_DTYPES:
     raise CheckpointError(f"{file}: tensor {name!r} has unsupported dtype {dtype_name!r}")
-  dtype = SAFETENSORS_DTYPES[dtype_name]
-  nbytes = math.prod(shape) * dtype.itemsize
+  nbytes = math.prod(shape) * SAFETENSORS_DTYPES[dtype_name].itemsize
   if begin < 0 or end - begin != nbytes or any(d < 0 for d in shape):
     raise CheckpointError(f"{file}: corrupt safetensors header entry for {name!r} ({dtype_name} {list(shape)} "
                           f"needs {nbytes} bytes, data_offsets say [{begin}, {end}])")
-  return TensorInfo(name=name, file=file, dtype=dtype, shape=shape, offset=data_start + begin, nbytes=nbytes)
+  return TensorInfo(name=name, file=file, dtype_name=dtype_name, shape=shape, offset=data_start + begin,
+                    nbytes=nbytes)
 
 
 def read_tensor(info: TensorInfo) -> np.ndarray:
-  """A read-only, memory-mapped view of one tensor (no bytes are read until it is used)."""
+  """A read-only, memory-mapped view of one safetensors tensor (no bytes are read until it is used)."""
   if info.nbytes == 0:
     return np.zeros(info.shape, info.dtype)
   try:
@@ -157,7 +185,7 @@ def read_tensor(info: TensorInfo) -> np.ndarray:
   return raw.view(info.dtype).reshape(info.shape)
 
 
-def open_safetensors_source(path: str | os.PathLike) -> SafetensorsSource:
+def open_safetensors_source(path: str | os.PathLike) -> TensorSource:
   """Opens a checkpoint given as a .safetensors file, a ``*.safetensors.index.json`` of a sharded set, or a
   directory holding either (a diffusers repo root resolves to its ``transformer/`` subfolder).
 
@@ -177,8 +205,9 @@ def open_safetensors_source(path: str | os.PathLike) -> SafetensorsSource:
     prefix = SINGLE_FILE_PREFIX
     tensors = {name[len(prefix):]: info for name, info in tensors.items()}
   config_path = weights.parent / "config.json"
-  return SafetensorsSource(path=path, files=files, tensors=tensors,
-                           config_path=config_path if config_path.is_file() else None, stripped_prefix=prefix)
+  return TensorSource(path=path, files=files, tensors=tensors,
+                      config_path=config_path if config_path.is_file() else None, reader=read_tensor,
+                      stripped_prefix=prefix)
 
 
 def _resolve_weights(path: Path) -> Path:
@@ -230,3 +259,49 @@ def _read_sharded(index_path: Path) -> tuple[tuple[Path, ...], dict[str, TensorI
     raise CheckpointError(f"{index_path}: {len(misplaced)} tensors are not where the index says, e.g. "
                           + "; ".join(misplaced[:5]))
   return files, tensors
+
+
+# ----------------------------------------------------------------------------------------------------------
+# torch pickles
+# ----------------------------------------------------------------------------------------------------------
+
+def open_torch_source(file: str | os.PathLike, *, config_name: str | None = None) -> TensorSource:
+  """A PyTorch state dict file; ``config_name`` names a config file looked for beside it."""
+  file = Path(file)
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise CheckpointError(f"{file}: reading a PyTorch checkpoint (.pth / .pt / .bin / .ckpt) needs torch, which is not "
+                          "installed: pip install torch (the CPU build is enough), or convert from safetensors") from e
+  # Zip-format files (torch >= 1.6) can be memory-mapped; the legacy format must be read whole.
+  mmap = zipfile.is_zipfile(file)
+  try:
+    state = torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
+  except Exception as e:  # torch raises many types for corrupt or non-checkpoint files
+    raise CheckpointError(f"{file}: cannot load as a PyTorch checkpoint ({type(e).__name__}: {e})") from e
+  if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    kind = type(state).__name__ if not isinstance(state, dict) else "a dict with non-tensor values"
+    raise CheckpointError(f"{file}: expected a state dict (a dict of tensors), found {kind}")
+  dtype_names = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
+
+  def read(info: TensorInfo) -> np.ndarray:
+    tensor = state[info.name].detach().contiguous()
+    if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16: reinterpret the bits
+      return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return tensor.numpy()
+
+  tensors = {key: TensorInfo(name=key, file=file, dtype_name=dtype_names.get(t.dtype, str(t.dtype)),
+                             shape=tuple(t.shape), offset=position, nbytes=t.numel() * t.element_size())
+             for position, (key, t) in enumerate(state.items())}
+  config_path = file.parent / config_name if config_name else None
+  return TensorSource(path=file, files=(file,), tensors=tensors,
+                      config_path=config_path if config_path is not None and config_path.is_file() else None,
+                      reader=read)
+
+
+def open_weights_file(path: str | os.PathLike, *, torch_config_name: str | None = None) -> TensorSource:
+  """A torch file (by its suffix), else safetensors (a file, a shard index or a directory holding either)."""
+  path = Path(path)
+  if path.is_file() and path.suffix in TORCH_SUFFIXES:
+    return open_torch_source(path, config_name=torch_config_name)
+  return open_safetensors_source(path)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from rehyat_jax.convert import key_table
+from rehyat_jax.convert import wan_dit_keys
 from rehyat_jax.models.config import WAN_T2V_1_3B, WAN_T2V_14B, WAN_TINY
 from wan_torch_fixtures import build_tiny_diffusers_wan, original_layout_state_dict, wan_config_from_diffusers
 
@@ -15,13 +15,13 @@ from wan_torch_fixtures import build_tiny_diffusers_wan, original_layout_state_d
                                                 (WAN_T2V_14B, 1095, 14_288_491_584)])
 @pytest.mark.parametrize("layout", ["original", "diffusers"])
 def test_key_counts_and_parameter_totals(cfg, count, params, layout):
-  shapes = key_table.expected_source_keys(cfg, layout)
+  shapes = wan_dit_keys.expected_source_keys(cfg, layout)
   assert len(shapes) == count
   assert sum(math.prod(shape) for shape in shapes.values()) == params
 
 
 def test_released_shapes():
-  original = key_table.expected_source_keys(WAN_T2V_1_3B, "original")
+  original = wan_dit_keys.expected_source_keys(WAN_T2V_1_3B, "original")
   assert original["patch_embedding.weight"] == (1536, 16, 1, 2, 2)
   assert original["text_embedding.0.weight"] == (1536, 4096)
   assert original["time_embedding.0.weight"] == (1536, 256)
@@ -31,11 +31,11 @@ def test_released_shapes():
   assert original["blocks.0.ffn.2.weight"] == (1536, 8960)
   assert original["head.modulation"] == (1, 2, 1536)
   assert original["head.head.weight"] == (64, 1536)
-  diffusers = key_table.expected_source_keys(WAN_T2V_1_3B, "diffusers")
+  diffusers = wan_dit_keys.expected_source_keys(WAN_T2V_1_3B, "diffusers")
   assert diffusers["condition_embedder.time_proj.weight"] == (9216, 1536)
   assert diffusers["blocks.3.norm2.bias"] == (1536,)
   assert diffusers["proj_out.weight"] == (64, 1536)
-  shapes = key_table.target_shapes(WAN_T2V_1_3B)
+  shapes = wan_dit_keys.target_shapes(WAN_T2V_1_3B)
   assert shapes["patch_embedding"]["kernel"] == (1, 2, 2, 16, 1536)
   assert shapes["text_embedding"]["linear_1"]["kernel"] == (4096, 1536)
   assert shapes["time_projection"]["kernel"] == (1536, 9216)
@@ -53,11 +53,11 @@ def _leaf_paths(tree, prefix=()):
 
 
 def test_every_target_slot_is_filled_exactly_once():
-  table = key_table.original_key_table(WAN_TINY)
+  table = wan_dit_keys.original_key_table(WAN_TINY)
   filled = [(slot.path, slot.layer) for slot in table.values()]
   assert len(filled) == len(set(filled))
   wanted = set()
-  for path, shape in _leaf_paths(key_table.target_shapes(WAN_TINY)):
+  for path, shape in _leaf_paths(wan_dit_keys.target_shapes(WAN_TINY)):
     if path[0] == "blocks":
       assert shape[0] == WAN_TINY.num_layers
       wanted.update((path, layer) for layer in range(WAN_TINY.num_layers))
@@ -67,9 +67,9 @@ def test_every_target_slot_is_filled_exactly_once():
 
 
 def test_diffusers_rename_is_a_bijection_onto_original_keys():
-  rename = key_table.diffusers_to_original_keys(WAN_T2V_14B.num_layers)
-  assert set(rename.values()) == set(key_table.original_key_table(WAN_T2V_14B))
-  inverse = key_table.original_to_diffusers_keys(WAN_T2V_14B.num_layers)
+  rename = wan_dit_keys.diffusers_to_original_keys(WAN_T2V_14B.num_layers)
+  assert set(rename.values()) == set(wan_dit_keys.original_key_table(WAN_T2V_14B))
+  inverse = wan_dit_keys.original_to_diffusers_keys(WAN_T2V_14B.num_layers)
   assert all(rename[inverse[key]] == key for key in inverse)
 
 
@@ -78,11 +78,11 @@ def test_rename_matches_the_torch_modules():
   model = build_tiny_diffusers_wan()
   by_module = original_layout_state_dict(model)
   diffusers_state = model.state_dict()
-  rename = key_table.diffusers_to_original_keys(model.config.num_layers)
+  rename = wan_dit_keys.diffusers_to_original_keys(model.config.num_layers)
   assert set(rename) == set(diffusers_state)
   for diffusers_key, original_key in rename.items():
     assert by_module[original_key].data_ptr() == diffusers_state[diffusers_key].data_ptr(), diffusers_key
-  assert key_table.expected_source_keys(wan_config_from_diffusers(model), "diffusers") == {
+  assert wan_dit_keys.expected_source_keys(wan_config_from_diffusers(model), "diffusers") == {
       key: tuple(tensor.shape) for key, tensor in diffusers_state.items()}
 
 
@@ -97,4 +97,4 @@ def test_rename_matches_the_torch_modules():
     ("img_embedding", False),
 ])
 def test_image_to_video_keys(key, is_i2v):
-  assert key_table.is_image_to_video_key(key) == is_i2v
+  assert wan_dit_keys.is_image_to_video_key(key) == is_i2v

@@ -1,0 +1,151 @@
+"""Text-to-video generation: prompt -> umT5 -> flow sampling with CFG -> streamed VAE decode -> mp4.
+
+  python -m rehyat_jax.generate --dit CKPT/dit --t5 CKPT/t5 --tokenizer WAN_DIR --vae CKPT/vae \\
+      --prompt "A cat walks on the grass" --out-dir videos/ [--frames 81] [--size 832*480] [--steps 50]
+      [--guidance 5.0] [--shift 5.0] [--solver unipc|euler] [--seed 0] [--precision bf16]
+      [--student EXPORT_DIR [--forward parallel|recurrent] [--hybrid-form parallel] [--window-backend auto]]
+      [--save-latents]
+  python -m rehyat_jax.generate ... --prompts-file vbench_prompts.txt --seeds-per-prompt 5
+
+``--dit``, ``--t5`` and ``--vae`` are converted checkpoint folders (``convert_wan_checkpoint``,
+``convert_umt5_checkpoint``, ``convert_wan_vae``); ``--tokenizer`` is ``spiece.model`` or a folder holding it.
+``--student`` is a student export written by stage 1 (``student.json`` + adapters): it says what the student
+is (chunking, causality, feature map, converted blocks), so no ReHyAt setting is typed here, and it must have
+been distilled from the ``--dit`` teacher. Without it the DiT is the softmax teacher. ``--hybrid-form`` and
+``--window-backend`` only choose how the student's attention runs inside a whole-sequence forward.
+Videos are named VBench style, ``{prompt}-{i}.mp4`` with seed ``seed + i`` for i < seeds per prompt.
+
+Flow per video (Wan2.1's ``WanT2V.generate``): tokenize and umT5-encode the prompt and the negative prompt
+(Wan's default), draw seeded noise [1, 16, (frames - 1) / 4 + 1, H / 8, W / 8], run the sampler with
+classifier-free guidance (two DiT passes per step: the parallel forward, or with ``--forward recurrent``
+``recurrent_forward`` for a fully causal ReHyAt student, whose memory does not grow with the video length),
+then decode latent frame by latent frame (``WanVAE.decode_stream``) straight into an mp4 writer at 16 fps.
+Every argument is validated before any model is loaded or compiled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+from typing import Iterable
+
+from rehyat_jax.attention import FORMS, WINDOW_BACKENDS
+from rehyat_jax.convert.student import StudentExportError, read_student_config
+from rehyat_jax.convert.wan_dit import read_converted_config
+from rehyat_jax.inference.generation import generate, summary
+from rehyat_jax.inference.pipeline import (FORWARDS, GenerationError, check_forward, check_prompts,
+                                           check_video_shape, load_pipeline, read_prompts_file)
+from rehyat_jax.inference.sampler import make_schedule
+from rehyat_jax.models.wan import RuntimeConfig
+from rehyat_jax.sampling import (SOLVERS, WAN_NEGATIVE_PROMPT, WAN_T2V_GUIDANCE_SCALE, WAN_T2V_SAMPLING_STEPS,
+                                 WAN_T2V_SHIFT)
+
+# "auto" picks the fused kernel where one runs (RuntimeConfig's default); the rest is the registry's.
+WINDOW_CHOICES = tuple(dict.fromkeys(("auto", *WINDOW_BACKENDS)))
+
+
+def parse_size(text: str) -> tuple[int, int]:
+  """'WxH' or Wan's 'W*H' -> (width, height)."""
+  match = re.fullmatch(r"\s*(\d+)\s*[x*X]\s*(\d+)\s*", text)
+  if not match:
+    raise argparse.ArgumentTypeError(f"size {text!r} is not WIDTHxHEIGHT (or Wan's WIDTH*HEIGHT), e.g. 832x480")
+  return int(match.group(1)), int(match.group(2))
+
+
+def build_parser() -> argparse.ArgumentParser:
+  # Names are checked by validate_args, not argparse choices: a bad one is a one-line error and exit 2
+  # from main (argparse would raise SystemExit instead of returning).
+  p = argparse.ArgumentParser(prog="python -m rehyat_jax.generate", description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter,
+                              epilog=__doc__.split("\n\n", 1)[1])
+  p.add_argument("--dit", required=True, help="converted DiT folder (convert_wan_checkpoint): the teacher")
+  p.add_argument("--t5", required=True, help="converted umT5 folder (convert_umt5_checkpoint)")
+  p.add_argument("--tokenizer", required=True, help="spiece.model, or a folder holding it")
+  p.add_argument("--vae", required=True, help="converted VAE folder (convert_wan_vae)")
+  prompts = p.add_mutually_exclusive_group(required=True)
+  prompts.add_argument("--prompt", help="one prompt")
+  prompts.add_argument("--prompts-file", help="one prompt per line (VBench style batch)")
+  p.add_argument("--seeds-per-prompt", type=int, default=None,
+                 help="videos per prompt, seeds seed..seed+n-1 (default: 5 with --prompts-file, else 1)")
+  p.add_argument("--negative-prompt", default=WAN_NEGATIVE_PROMPT, help="default (or when empty): Wan2.1's")
+  p.add_argument("--out-dir", default="videos")
+  p.add_argument("--frames", type=int, default=81, help="video frames, 4k+1")
+  p.add_argument("--size", type=parse_size, default=(832, 480), help="WIDTHxHEIGHT or W*H, multiples of 16")
+  p.add_argument("--steps", type=int, default=WAN_T2V_SAMPLING_STEPS)
+  p.add_argument("--guidance", type=float, default=WAN_T2V_GUIDANCE_SCALE, help="CFG scale; 1 turns CFG off")
+  p.add_argument("--shift", type=float, default=WAN_T2V_SHIFT)
+  p.add_argument("--solver", default="unipc", help=f"one of {SOLVERS}")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--precision", default="bf16", help="DiT and umT5 precision: fp32 | bf16 | bf16_params")
+  p.add_argument("--save-latents", action="store_true", help="also write each video's final latents (.npy)")
+  s = p.add_argument_group("ReHyAt student (its settings come from the export's student.json)")
+  s.add_argument("--student", default=None, metavar="EXPORT_DIR",
+                 help="student export written by stage 1; without it the DiT is the softmax teacher")
+  s.add_argument("--forward", default="parallel",
+                 help=f"one of {FORWARDS}: the whole DiT at once, or chunk by chunk with flat memory "
+                      "(recurrent: every block of the student causal ReHyAt)")
+  s.add_argument("--hybrid-form", default="parallel",
+                 help=f"one of {FORMS}: how the student's attention runs inside a parallel forward")
+  s.add_argument("--window-backend", default="auto",
+                 help=f"softmax window of the student: one of {WINDOW_CHOICES} (auto: the fused kernel on GPU)")
+  return p
+
+
+def runtime_from_args(args: argparse.Namespace) -> RuntimeConfig:
+  """How the DiT runs (never what it is): precision, hybrid form, window backend."""
+  for flag, value, choices in (("--hybrid-form", args.hybrid_form, FORMS),
+                               ("--window-backend", args.window_backend, WINDOW_CHOICES)):
+    if value not in choices:
+      raise GenerationError(f"unknown {flag} {value!r}; choose one of {tuple(choices)}")
+  try:
+    return RuntimeConfig(precision=args.precision, hybrid_form=args.hybrid_form, window_backend=args.window_backend)
+  except ValueError as e:
+    raise GenerationError(str(e)) from None
+
+
+def validate_args(args: argparse.Namespace) -> tuple[list[str], RuntimeConfig]:
+  """Every check that needs no model: (prompts, runtime config). Raises GenerationError."""
+  prompts = read_prompts_file(args.prompts_file) if args.prompts_file else check_prompts([args.prompt], "--prompt")
+  width, height = args.size
+  check_video_shape(args.frames, height, width)
+  if args.seeds_per_prompt is not None and args.seeds_per_prompt < 1:
+    raise GenerationError(f"--seeds-per-prompt must be >= 1; got {args.seeds_per_prompt}")
+  make_schedule(args.solver, args.steps, args.shift)
+  run = runtime_from_args(args)
+  for flag, path in (("--dit", args.dit), ("--t5", args.t5), ("--tokenizer", args.tokenizer),
+                     ("--vae", args.vae), ("--student", args.student)):
+    if path is not None and not Path(path).exists():
+      raise GenerationError(f"{flag} {path}: no such file or directory")
+  # student.json and the DiT's config.json are tiny: reading them lets the recurrent-forward check see the
+  # real student and depth before anything is loaded.
+  try:
+    rehyat = read_student_config(args.student) if args.student is not None else None
+  except StudentExportError as e:
+    raise GenerationError(f"--student: {e}") from None
+  check_forward(args.forward, rehyat, read_converted_config(args.dit).num_layers)
+  return prompts, run
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+  args = build_parser().parse_args(argv)
+  try:
+    prompts, run = validate_args(args)
+    # A student distilled from another teacher (or a broken export) fails here, before umT5 is read.
+    pipeline = load_pipeline(args.dit, args.t5, args.tokenizer, args.vae, student=args.student, run=run)
+    seeds_per_prompt = args.seeds_per_prompt or (5 if args.prompts_file else 1)
+    width, height = args.size
+    results = generate(pipeline, prompts, out_dir=args.out_dir, frames=args.frames, height=height, width=width,
+                       steps=args.steps, guidance=args.guidance, shift=args.shift, solver=args.solver,
+                       seed=args.seed, seeds_per_prompt=seeds_per_prompt, forward=args.forward,
+                       negative_prompt=args.negative_prompt, save_latents=args.save_latents)
+  except (GenerationError, StudentExportError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(summary(results, args.out_dir))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

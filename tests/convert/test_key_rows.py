@@ -1,0 +1,147 @@
+"""The converter core on synthetic tables: transforms, templated tables, aliases, validation and streaming."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rehyat_jax.convert import key_rows, storage
+from rehyat_jax.convert.key_rows import KeyRow, KeyTemplates
+from rehyat_jax.convert.sources import CheckpointError, TensorInfo, TensorSource
+
+# Target leaf shape -> the torch shape each transform expects for it.
+TRANSFORM_SHAPES = [
+    ("linear", (300, 5), (5, 300)),
+    ("conv3d", (1, 2, 3, 4, 5), (5, 4, 1, 2, 3)),
+    ("conv2d", (2, 3, 4, 5), (5, 4, 2, 3)),
+    ("norm_video", (6,), (6, 1, 1, 1)),
+    ("norm_image", (6,), (6, 1, 1)),
+    ("copy", (2, 3), (2, 3)),
+]
+
+
+def in_memory_source(tensors: dict[str, np.ndarray], path: str = "mem") -> TensorSource:
+  """A TensorSource over numpy arrays (float32 unless they say otherwise)."""
+  names = {np.dtype(np.float32): "F32", np.dtype(np.int32): "I32"}
+  infos = {key: TensorInfo(name=key, file=Path(path), dtype_name=names[value.dtype], shape=value.shape,
+                           offset=i, nbytes=value.nbytes) for i, (key, value) in enumerate(tensors.items())}
+  return TensorSource(path=Path(path), files=(Path(path),), tensors=infos, config_path=None,
+                      reader=lambda info: tensors[info.name])
+
+
+@pytest.mark.parametrize("transform, target, source", TRANSFORM_SHAPES)
+def test_transforms_undo_each_other(transform, target, source):
+  row = KeyRow("x", ("x",), transform)
+  assert key_rows.source_shape(row, target) == source
+  assert key_rows.source_shape(KeyRow("x", ("x",), transform, layer=3), (7,) + target) == source
+  tensor = np.random.default_rng(0).standard_normal(source).astype(np.float32)
+  assert key_rows.to_target_layout(tensor, transform).shape == target
+  destination = np.empty(target, np.float32)
+  key_rows.copy_into(destination, tensor, transform)  # linear: more rows than one copy block
+  np.testing.assert_array_equal(destination, key_rows.to_target_layout(tensor, transform))
+
+
+TEMPLATES = KeyTemplates(
+    top_level={"embed.weight": (("embed", "embedding"), "copy")},
+    block={"layers.{i}.proj.weight": (("proj", "kernel"), "linear"),
+           "layers.{i}.norm.weight": (("norm", "scale"), "copy")},
+    block_prefix="layers.",
+    aliases={"tied_embed.weight": "embed.weight"},
+)
+SHAPES = {"embed": {"embedding": (10, 4)}, "blocks": {"proj": {"kernel": (2, 4, 3)}, "norm": {"scale": (2, 4)}}}
+
+
+def test_templates_expand_per_layer_and_score_names():
+  table = TEMPLATES.rows(2)
+  assert list(table) == ["embed.weight", "layers.0.proj.weight", "layers.0.norm.weight", "layers.1.proj.weight",
+                         "layers.1.norm.weight"]
+  assert table["layers.1.proj.weight"] == KeyRow("layers.1.proj.weight", ("blocks", "proj", "kernel"), "linear", 1)
+  assert key_rows.expected_shapes(table, SHAPES)["layers.1.proj.weight"] == (3, 4)
+  assert TEMPLATES.split_block_key("layers.12.norm.weight") == (12, "norm.weight")
+  assert TEMPLATES.split_block_key("layers.x.norm.weight") is None and TEMPLATES.split_block_key("layers.3") is None
+  assert TEMPLATES.num_layers(["layers.0.a", "layers.4.b", "embed.weight"]) == 5
+  assert TEMPLATES.score(["tied_embed.weight", "layers.9.norm.weight", "layers.9.other", "other"]) == 2
+  with pytest.raises(ValueError, match="must start with"):
+    KeyTemplates(top_level={}, block={"blocks.{i}.x": (("x",), "copy"), "x.{i}.y": (("y",), "copy")})
+
+
+def test_detect_layout_names_both_layouts_on_failure():
+  other = KeyTemplates(top_level={"w": (("w",), "copy")}, block={})
+  layouts = {"ours": TEMPLATES, "theirs": other}
+  assert key_rows.detect_layout({"embed.weight", "layers.0.norm.weight"}, layouts, "ours nor theirs") == "ours"
+  with pytest.raises(CheckpointError, match=r"neither ours nor theirs names \(scores .*first keys: unknown"):
+    key_rows.detect_layout({"unknown"}, layouts, "ours nor theirs")
+
+
+def source_tensors(embedding_keys=("embed.weight",)) -> dict[str, np.ndarray]:
+  tensors = {key: np.ones((10, 4), np.float32) for key in embedding_keys}
+  for i in range(2):
+    tensors[f"layers.{i}.proj.weight"] = np.full((3, 4), i, np.float32)
+    tensors[f"layers.{i}.norm.weight"] = np.full((4,), 10 + i, np.float32)
+  return tensors
+
+
+@pytest.mark.parametrize("embedding_keys", [("embed.weight",), ("tied_embed.weight",),
+                                            ("embed.weight", "tied_embed.weight")])
+def test_an_alias_stands_in_for_its_key(embedding_keys):
+  source = in_memory_source(source_tensors(embedding_keys))
+  table = key_rows.resolve_aliases(TEMPLATES.rows(2), source.tensors, TEMPLATES.aliases)
+  embedding = "embed.weight" if "embed.weight" in embedding_keys else "tied_embed.weight"
+  assert table[embedding].path == ("embed", "embedding") and len(table) == 5
+  key_rows.check_source(source, key_rows.expected_shapes(table, SHAPES), "a test model", TEMPLATES.aliases)
+
+
+def test_check_source_lists_every_problem_at_once():
+  tensors = source_tensors(("embed.weight", "tied_embed.weight"))
+  tensors["tied_embed.weight"] = np.ones((10, 5), np.float32)
+  del tensors["layers.1.norm.weight"]
+  tensors["layers.0.proj.weight"] = np.ones((4, 3), np.float32)
+  tensors["layers.0.norm.weight"] = np.ones((4,), np.int32)
+  tensors["layers.0.extra"] = np.ones((2,), np.float32)
+  source = in_memory_source(tensors, "bad.safetensors")
+  table = key_rows.resolve_aliases(TEMPLATES.rows(2), source.tensors, TEMPLATES.aliases)
+  with pytest.raises(CheckpointError) as error:
+    key_rows.check_source(source, key_rows.expected_shapes(table, SHAPES), "a test model", TEMPLATES.aliases)
+  assert str(error.value).splitlines() == [
+      "bad.safetensors does not match a test model:",
+      "  1 missing key:", "    layers.1.norm.weight  expected [4]",
+      "  1 unexpected key:", "    layers.0.extra  [2]",
+      "  2 shape mismatches:", "    layers.0.proj.weight: expected [3, 4], found [4, 3]",
+      "    tied_embed.weight: expected [10, 4] (tied to embed.weight), found [10, 5]",
+      "  1 tensor with an unsupported dtype:", "    layers.0.norm.weight: I32 (expected F32, F16, BF16 or F64)",
+  ]
+
+
+class Config:
+  def to_json(self) -> str:
+    return json.dumps({"name": "test"})
+
+
+def test_write_tensors_streams_into_the_tree_and_reads_back(tmp_path):
+  source = in_memory_source(source_tensors())
+  table = TEMPLATES.rows(2)
+  messages = []
+  storage.write_tensors(tmp_path / "out", source, table, SHAPES, Config(), {"model": "test"}, dtype="bfloat16",
+                        overwrite=False, progress=messages.append, start=0.0)
+  assert messages[-1].startswith(f"done: {tmp_path / 'out'}")
+  conversion = json.loads((tmp_path / "out" / storage.CONVERSION_FILE).read_text())
+  assert conversion["model"] == "test" and {"converted_at", "seconds_to_convert"} <= set(conversion)
+  assert storage.read_config(tmp_path / "out", dict, "test", "dit") == {"name": "test"}
+  params = storage.restore_params(tmp_path / "out")
+  assert params["blocks"]["proj"]["kernel"].dtype == storage.TARGET_DTYPES["bfloat16"]
+  np.testing.assert_array_equal(np.asarray(params["blocks"]["proj"]["kernel"][1], np.float32), np.ones((4, 3)))
+  np.testing.assert_array_equal(np.asarray(params["blocks"]["norm"]["scale"], np.float32),
+                                [[10] * 4, [11] * 4])
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_reading_a_directory_that_is_not_converted(tmp_path):
+  with pytest.raises(CheckpointError, match="not a converted umT5 checkpoint.*--component umt5"):
+    storage.read_config(tmp_path, dict, "umT5", "umt5")
+  (tmp_path / storage.PARAMS_DIR).mkdir()
+  (tmp_path / storage.CONFIG_FILE).write_text("[not json")
+  with pytest.raises(CheckpointError, match="config.json: not a umT5 config"):
+    storage.read_config(tmp_path, dict, "umT5", "umt5")
