@@ -1,7 +1,7 @@
 """Tiny PyTorch Wan2.1 DiTs and their safetensors checkpoints, for converter and model-parity tests.
 
 Everything here reads the torch model through its module attributes (``model.blocks[i].attn1.to_q.weight``), not
-through ``rehyat_jax.convert.key_table``, so tests that compare against it check the key table independently.
+through ``rehyat_jax.convert.wan_dit_keys``, so tests that compare against it check the key table independently.
 """
 
 from __future__ import annotations
