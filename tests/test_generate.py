@@ -272,3 +272,23 @@ def test_library_validation():
   check_video_shape(81, 480, 832)
   assert cli.parse_size("832*480") == (832, 480) and cli.parse_size("32x16") == (32, 16)
   assert video_name("a/b cat", 3) == "a_b cat-3.mp4"
+
+
+def test_stage1_export_generates_with_no_student_flags(checkpoints, tmp_path):
+  """The user journey in two commands: stage 1 on the converted teacher writes <workdir>/student_export,
+  and generation reads it with ``--student`` alone (nothing about phi, chunking or blocks re-typed)."""
+  from configs import tiny
+  from rehyat_jax.train.loop import run
+  cfg = tiny.get_config("distill")
+  cfg.model.checkpoint = str(checkpoints["dit"])
+  cfg.data.latent_shape = (3, 4, 4)
+  cfg.train.steps, cfg.train.global_batch_size, cfg.train.log_every = 2, 2, 1
+  cfg.workdir = str(tmp_path / "stage1")
+  export = Path(run(cfg)["student_export"])
+  assert (export / STUDENT_FILE).is_file()
+  out = tmp_path / "videos"
+  flags = model_flags(checkpoints) + [f"--student={export}", "--forward=recurrent", "--prompt=A cat", "--frames=9",
+                                      "--size=32x32", "--steps=2", "--precision=fp32", f"--out-dir={out}"]
+  assert cli.main(flags) == 0
+  with imageio.get_reader(out / "A cat-0.mp4") as reader:
+    assert len([frame for frame in reader]) == 9

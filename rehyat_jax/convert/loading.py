@@ -50,7 +50,12 @@ def load_pretrained(path: str | os.PathLike, *, run: RuntimeConfig = RuntimeConf
     rehyat = rehyat or exported
   cfg = read_converted_config(path)
   build = lambda: WanDiT(cfg, run, rehyat, rngs=nnx.Rngs(seed))
-  abstract = nnx.eval_shape(build)
+  # Under a context mesh (jax.set_mesh) nnx.eval_shape shards the abstract variables by their
+  # partition names, which are logical names: resolve them to mesh axes first.
+  context = jax.sharding.get_abstract_mesh()
+  axis_names = mesh.axis_names if mesh is not None else (() if context.empty else context.axis_names)
+  with nnx.logical_axis_rules(sharding_lib.rules_for_mesh(axis_names, rules)):
+    abstract = nnx.eval_shape(build)
   graphdef, teacher_abs, adapters_abs, rest_abs = nnx.split(abstract, TEACHER_PARAMS, AdapterParam, ...)
   if mesh is not None and not run.scan_layers:
     raise ValueError("load_pretrained: sharding on a mesh needs RuntimeConfig(scan_layers=True)")
@@ -58,7 +63,7 @@ def load_pretrained(path: str | os.PathLike, *, run: RuntimeConfig = RuntimeConf
 
   teacher_target = nnx.to_pure_dict(teacher_abs)
   if run.scan_layers:
-    target_shardings = (nnx.to_pure_dict(nnx.split(shardings, TEACHER_PARAMS, ...)[0]) if shardings is not None
+    target_shardings = (nnx.to_pure_dict(nnx.split_state(shardings, TEACHER_PARAMS, ...)[0]) if shardings is not None
                         else jax.tree_util.tree_map(lambda _: None, teacher_target))
     target = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                     teacher_target, target_shardings)
@@ -72,7 +77,7 @@ def load_pretrained(path: str | os.PathLike, *, run: RuntimeConfig = RuntimeConf
   nnx.replace_by_pure_dict(teacher_abs, restored)
 
   if rehyat is not None:
-    adapter_shardings = nnx.split(shardings, AdapterParam, ...)[0] if shardings is not None else None
+    adapter_shardings = nnx.split_state(shardings, AdapterParam, ...)[0] if shardings is not None else None
     init_adapters = jax.jit(lambda: nnx.state(build(), AdapterParam), out_shardings=adapter_shardings)
     adapters_abs = init_adapters()
   model = nnx.merge(graphdef, teacher_abs, adapters_abs, rest_abs)

@@ -52,12 +52,16 @@ DEFAULT_RULES: tuple[tuple[str, str | None], ...] = (
     ("conv_in", None), ("conv_out", None))
 
 
-def mesh_shardings(state, mesh, rules=DEFAULT_RULES):
-  """``NamedSharding`` per Variable of an (abstract) NNX state under logical ``rules``."""
+def rules_for_mesh(axis_names: Sequence[str], rules=DEFAULT_RULES) -> list[tuple[str, str | None]]:
+  """``rules`` with every mesh axis that ``axis_names`` lacks replaced by None (replication)."""
   known = {name for name, _ in rules}
   missing = [name for name in LOGICAL_AXES if name not in known]
   if missing:
     raise ValueError(f"sharding rules do not map the logical axes {missing}")
-  resolved = [(name, axis if axis is None or axis in mesh.axis_names else None) for name, axis in rules]
-  with nnx.logical_axis_rules(resolved):
+  return [(name, axis if axis is None or axis in axis_names else None) for name, axis in rules]
+
+
+def mesh_shardings(state, mesh, rules=DEFAULT_RULES):
+  """``NamedSharding`` per Variable of an (abstract) NNX state under logical ``rules``."""
+  with nnx.logical_axis_rules(rules_for_mesh(mesh.axis_names, rules)):
     return nnx.get_named_sharding(state, mesh)
