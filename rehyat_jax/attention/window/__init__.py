@@ -1,0 +1,88 @@
+"""The softmax window of the parallel and recurrent forms, with the joint normalisation
+(docs/method.md §2), behind a registry of backends.
+
+``window_attention`` computes, for every query of every chunk,
+
+    y = (a_S + lin_num) / guard(n_S + lin_den),
+
+a_S, n_S the softmax over the chunk's window with c = the exact row max, lin_num = phi_q . KV_L
+and lin_den = phi_q . z_L precomputed by the form. Settings: ``window_backend`` ('auto' or a
+``WINDOW_BACKENDS`` name), ``window_backward`` (which dq/dk/dv pass a kernel backend uses),
+``window_chunks_per_step`` (group size of the XLA window, forward and "xla" backward).
+
+registry.py         entries, 'auto' resolution, ``check_window_settings``
+xla.py              "xla": plain XLA, scores materialised
+fused.py            shared by the kernel backends: custom_vjp, row-wise backward, "xla" backward,
+                    per-shard dispatch
+triton_forward.py   "pallas": fused Triton forward kernel (GPU)
+triton_backward.py  its "pallas" backward: fused dq and dk/dv kernels (experimental)
+mosaic_tpu.py       "pallas_tpu": fused Mosaic TPU forward kernel (experimental)
+kernel_common.py    tiling (``WindowKernelConfig``), padding, precision, constants of the kernels
+
+A new backend is one new file that defines its forward (and any backward) and calls
+``register_window_backend``, plus one import line below; tests and benchmarks iterate the
+registry.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import jax
+
+# One import per backend module: importing it registers it (this order is 'auto's order).
+from rehyat_jax.attention.window import xla as _xla  # noqa: F401
+from rehyat_jax.attention.window import triton_forward as _triton_forward  # noqa: F401
+from rehyat_jax.attention.window import mosaic_tpu as _mosaic_tpu  # noqa: F401
+from rehyat_jax.attention.window.fused import run_kernel_backend
+from rehyat_jax.attention.window.kernel_common import WindowKernelConfig, tileable_head_dim
+from rehyat_jax.attention.window.registry import (AUTO, WINDOW_BACKENDS, WindowBackend, WindowBackward,
+                                                  check_window_settings, effective_backward,
+                                                  register_window_backend, resolve_window_backend,
+                                                  window_backend_names, window_backward_names)
+
+
+def check_window_chunks_per_step(window_chunks_per_step: int | None) -> None:
+  """ValueError unless None or an int >= 1."""
+  value = window_chunks_per_step
+  if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
+    raise ValueError(f"window_chunks_per_step must be None or >= 1, got {value!r}")
+
+
+def window_attention(q_chunks: jax.Array, k_windows: jax.Array, v_windows: jax.Array,
+                     lin_num: jax.Array, lin_den: jax.Array, key_bounds: jax.Array, *,
+                     window_backend: str = AUTO, window_backward: str = "xla",
+                     window_chunks_per_step: int | None = None,
+                     kernel_config: WindowKernelConfig = WindowKernelConfig()) -> jax.Array:
+  """y = (a_S + lin_num) / guard(n_S + lin_den) for every chunk window, in q's dtype.
+
+  q_chunks [B, C, Tc*HW, H, D]; k/v_windows [B, C, (To+Tc)*HW, H, D]; lin_num [B, C, Tc*HW,
+  H, D], lin_den [B, C, Tc*HW, H] (float32); key_bounds int32 [C, 2] (static or traced):
+  window slots [lo_c, hi_c) of chunk c hold keys of S_t, the others (before the video start,
+  padding of a shorter last chunk) are masked.
+
+  ``window_backend``: 'auto' (``registry.resolve_window_backend``) or an entry of
+  ``WINDOW_BACKENDS``; a kernel entry runs per batch/head shard of the context mesh, compiled
+  on its platforms and in Pallas interpret mode elsewhere. ``window_backward``: a backward the
+  entry offers (``check_window_settings``; with 'auto', one the resolved entry lacks falls back
+  to its default). ``window_chunks_per_step``: the XLA window's group size (``xla.py``).
+  ``kernel_config``: tiles of the kernel entries.
+  """
+  check_window_settings(window_backend, window_backward)
+  check_window_chunks_per_step(window_chunks_per_step)
+  entry = WINDOW_BACKENDS[resolve_window_backend(window_backend, q_chunks.shape[-1])]
+  window_backward = effective_backward(entry, window_backward)
+  if not entry.is_kernel:
+    return entry.forward(q_chunks, k_windows, v_windows, lin_num, lin_den, key_bounds,
+                         window_chunks_per_step)
+  return run_kernel_backend(entry, window_backward, q_chunks, k_windows, v_windows, lin_num, lin_den,
+                            key_bounds, window_chunks_per_step=window_chunks_per_step,
+                            kernel_config=kernel_config)
+
+
+__all__ = [
+    "AUTO", "WINDOW_BACKENDS", "WindowBackend", "WindowBackward", "WindowKernelConfig",
+    "check_window_chunks_per_step", "check_window_settings", "effective_backward",
+    "register_window_backend", "resolve_window_backend", "tileable_head_dim", "window_attention",
+    "window_backend_names", "window_backward_names",
+]
