@@ -1,11 +1,11 @@
-"""Benchmark one attention layer: full softmax vs ReHyAt (parallel, scan) and ReHyAt's two parts.
+"""Benchmark one attention layer: full softmax vs ReHyAt (parallel, recurrent) and ReHyAt's two parts.
 
 Rows (docs/method.md §6 has the H200 reference points):
   full_softmax        jax.nn.dot_product_attention: cuDNN flash on GPU in bf16/fp16, XLA elsewhere
-  rehyat_parallel     hybrid_attention(mode='parallel'), window backend --window-backend
+  rehyat_parallel     hybrid_attention(form='parallel'), --window-backend / --window-backward
                       (auto: the fused Pallas kernel on one GPU, XLA elsewhere)
-  rehyat_parallel_xla hybrid_attention(mode='parallel') with the XLA window softmax
-  rehyat_scan         hybrid_attention(mode='scan')
+  rehyat_parallel_xla hybrid_attention(form='parallel') with the XLA window softmax
+  rehyat_recurrent    hybrid_attention(form='recurrent'), --window-backend / --window-backward
   chunk_softmax       softmax inside each chunk window only (XLA window softmax, phi term removed)
   chunk_softmax_fused the same through the fused Pallas window kernel (linear terms zero)
   chunk_softmax_cudnn the same window softmax as one cuDNN call per chunk (GPU, bf16/fp16 only)
@@ -38,16 +38,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rehyat_jax.attention.chunking import make_geometry
+from rehyat_jax.attention.geometry import make_geometry
 from rehyat_jax.attention.hybrid import hybrid_attention
 from rehyat_jax.attention.numerics import joint_normalise
 from rehyat_jax.attention.parallel import (chunk_windows, linear_terms, pad_to_chunks,
                                            parallel_hybrid_attention, window_operands)
-from rehyat_jax.attention.window import (WindowKernelConfig, window_attention,
-                                         window_softmax)
-from rehyat_jax.attention.scan import scan_hybrid_attention
+from rehyat_jax.attention.recurrent import recurrent_hybrid_attention
+from rehyat_jax.attention.window import (WindowKernelConfig, window_attention, window_backend_names,
+                                         window_backward_names)
+from rehyat_jax.attention.window.xla import window_softmax
 
-METHODS = ("full_softmax", "rehyat_parallel", "rehyat_parallel_xla", "rehyat_scan", "chunk_softmax",
+METHODS = ("full_softmax", "rehyat_parallel", "rehyat_parallel_xla", "rehyat_recurrent", "chunk_softmax",
            "chunk_softmax_fused", "chunk_softmax_cudnn", "linear_term")
 MIB = 2 ** 20
 
@@ -67,9 +68,10 @@ class Setup:
   phi_dtype: str
   reps: int
   backward: bool
-  chunks_per_step: int | None
-  scan_remat: bool
+  window_chunks_per_step: int | None
+  recurrent_remat: bool
   window_backend: str
+  window_backward: str
   kernel: WindowKernelConfig
 
   @property
@@ -113,7 +115,7 @@ def chunk_softmax_fused(q, k, v, *, setup: Setup) -> jax.Array:
   zeros = jnp.zeros(q_chunks.shape, jnp.float32)
   out = window_attention(q_chunks, k_windows, v_windows, zeros, zeros[..., 0],
                          geometry.window_key_bounds(),
-                         backend="pallas", kernel_config=setup.kernel)
+                         window_backend="pallas", kernel_config=setup.kernel)
   return out.reshape(q.shape[0], -1, *q.shape[2:])[:, :q.shape[1]]
 
 
@@ -153,14 +155,17 @@ def method(name: str, setup: Setup) -> tuple[Callable[..., jax.Array], tuple[str
     implementation = "cudnn" if cudnn_usable(setup) else "xla"
     return functools.partial(jax.nn.dot_product_attention, implementation=implementation), qkv
   if name in ("rehyat_parallel", "rehyat_parallel_xla"):
-    backend = "xla" if name.endswith("_xla") else setup.window_backend
-    return functools.partial(parallel_hybrid_attention, causal=True, backend=backend,
-                             chunks_per_step=setup.chunks_per_step, kernel_config=setup.kernel,
+    window = (dict(window_backend="xla") if name.endswith("_xla") else
+              dict(window_backend=setup.window_backend, window_backward=setup.window_backward))
+    return functools.partial(parallel_hybrid_attention, causal=True, **window,
+                             window_chunks_per_step=setup.window_chunks_per_step, kernel_config=setup.kernel,
                              **setup.chunking), qkv_phi
-  if name == "rehyat_scan":
-    if setup.scan_remat:
-      return functools.partial(scan_hybrid_attention, remat=True, **setup.chunking), qkv_phi
-    return functools.partial(hybrid_attention, causal=True, mode="scan", **setup.chunking), qkv_phi
+  if name == "rehyat_recurrent":
+    window = dict(window_backend=setup.window_backend, window_backward=setup.window_backward,
+                  kernel_config=setup.kernel)
+    if setup.recurrent_remat:
+      return functools.partial(recurrent_hybrid_attention, remat=True, **window, **setup.chunking), qkv_phi
+    return functools.partial(hybrid_attention, causal=True, form="recurrent", **window, **setup.chunking), qkv_phi
   if name == "chunk_softmax":
     return functools.partial(chunk_softmax, setup=setup), qkv
   if name == "chunk_softmax_fused":
@@ -284,7 +289,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   p.add_argument("--frames", type=int, nargs="+", default=None, help="latent frame counts")
   p.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"])
   p.add_argument("--phi-dtype", default="float32", choices=["bfloat16", "float16", "float32"],
-                 help="dtype of phi_q / phi_k (FeatureMap outputs float32)")
+                 help="dtype of phi_q / phi_k (feature maps output float32)")
   p.add_argument("--batch", type=int, default=1)
   p.add_argument("--heads", type=int, default=None)
   p.add_argument("--head-dim", type=int, default=None)
@@ -292,13 +297,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   p.add_argument("--phi-dim", type=int, default=None)
   p.add_argument("--chunk-frames", type=int, default=3)
   p.add_argument("--overlap-frames", type=int, default=1)
-  p.add_argument("--chunks-per-step", type=int, default=None,
+  p.add_argument("--window-chunks-per-step", type=int, default=None,
                  help="parallel form: window softmax over this many chunks at a time, "
                       "recomputed in the backward pass")
-  p.add_argument("--scan-remat", action="store_true",
-                 help="scan form: recompute each chunk in the backward pass")
-  p.add_argument("--window-backend", default="auto", choices=["auto", "xla", "pallas", "pallas_bwd", "pallas_tpu"],
-                 help="rehyat_parallel's softmax-window backend")
+  p.add_argument("--recurrent-remat", action="store_true",
+                 help="recurrent form: recompute each chunk in the backward pass")
+  p.add_argument("--window-backend", default="auto", choices=window_backend_names(),
+                 help="rehyat_parallel's and rehyat_recurrent's softmax-window backend")
+  p.add_argument("--window-backward", default="xla", choices=window_backward_names(),
+                 help="the window backend's dq/dk/dv pass (attention.check_window_settings)")
   defaults = WindowKernelConfig()
   p.add_argument("--block-q", type=int, default=defaults.block_q, help="fused kernel tile")
   p.add_argument("--block-k", type=int, default=defaults.block_k, help="fused kernel tile")
@@ -327,8 +334,9 @@ def make_setup(args: argparse.Namespace) -> tuple[Setup, list[int]]:
                 tokens_per_frame=pick("tokens_per_frame"), phi_dim=pick("phi_dim"),
                 chunk_frames=args.chunk_frames, overlap_frames=args.overlap_frames,
                 dtype=pick("dtype"), phi_dtype=args.phi_dtype, reps=pick("reps"),
-                backward=args.backward, chunks_per_step=args.chunks_per_step,
-                scan_remat=args.scan_remat, window_backend=args.window_backend,
+                backward=args.backward, window_chunks_per_step=args.window_chunks_per_step,
+                recurrent_remat=args.recurrent_remat, window_backend=args.window_backend,
+                window_backward=args.window_backward,
                 kernel=WindowKernelConfig(block_q=args.block_q, block_k=args.block_k,
                                           num_warps=args.num_warps, num_stages=args.num_stages))
   return setup, pick("frames")

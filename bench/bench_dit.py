@@ -39,8 +39,7 @@ def run_case(args) -> dict:
   rehyat = None
   if args.case != "teacher":
     fm = FeatureMapConfig(hidden=8, feature_dim=4) if args.tiny else FeatureMapConfig()
-    rehyat = RehyatConfig(chunk_frames=args.chunk, overlap_frames=args.overlap, causal=True, mode="parallel",
-                          feature_map=fm)
+    rehyat = RehyatConfig(chunk_frames=args.chunk, overlap_frames=args.overlap, causal=True, feature_map=fm)
   model = WanDiT(cfg, run, rehyat, rngs=nnx.Rngs(0))
   graphdef, state = nnx.split(model)
   method = "recurrent_forward" if args.case == "recurrent" else "__call__"

@@ -2,9 +2,10 @@
 
 The CPU test suite runs the kernel in Pallas interpret mode at tiny head sizes; this script runs
 the same comparison where the kernel is compiled for real, at kernel-sized heads (D = 64, 128).
-For each case it prints max|diff| / max|ref| of the parallel and scan forms with the 'pallas'
-and 'pallas_bwd' (fused backward) window backends against ``mode='reference'`` (float32 inputs upcast from the tested dtype, HIGHEST
-precision), forward and gradients w.r.t. q, k, v, phi_q, phi_k. Exit status 1 if any error is
+For each case it prints max|diff| / max|ref| of the parallel and recurrent forms with every kernel
+window backend of the registry that compiles here (all of them, interpreted, where none does) and
+every backward it offers, against ``form='reference'`` (float32 inputs upcast from the tested dtype,
+HIGHEST precision), forward and gradients w.r.t. q, k, v, phi_q, phi_k. Exit status 1 if any error is
 over the tolerance (float32 1e-5, bf16 2e-2 forward / 3e-2 gradients, as in the test suite).
 
   python bench/check_kernel_parity.py
@@ -18,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rehyat_jax.attention import hybrid_attention
+from rehyat_jax.attention import WINDOW_BACKENDS, hybrid_attention
 
 TOLERANCE = {"float32": (1e-5, 1e-5), "bfloat16": (2e-2, 3e-2)}
 # (frames, tokens per frame, heads, head dim, Tc, To, causal)
@@ -31,13 +32,21 @@ def relative_error(actual, expected) -> float:
   return float(np.max(np.abs(actual - expected)) / max(np.max(np.abs(expected)), 1e-30))
 
 
-def value_and_grads(mode: str, backend: str, inputs, causal: bool, chunking: dict, dtype):
+def kernel_settings() -> list[tuple[str, str]]:
+  """(window_backend, window_backward) of the kernel entries compiled here, else of every kernel entry."""
+  kernels = {name: entry for name, entry in WINDOW_BACKENDS.items() if entry.is_kernel}
+  here = {name: entry for name, entry in kernels.items() if entry.compiles_here()} or kernels
+  return [(name, backward) for name, entry in here.items() for backward in entry.backwards]
+
+
+def value_and_grads(form: str, window_backend: str, window_backward: str, inputs, causal: bool,
+                    chunking: dict, dtype):
   q, k, v, phi_q, phi_k, cotangent = inputs
   cast = lambda x: x.astype(dtype)
 
   def loss(q, k, v, phi_q, phi_k):
-    out = hybrid_attention(q, k, v, phi_q, phi_k, causal=causal, mode=mode, backend=backend,
-                           **chunking)
+    out = hybrid_attention(q, k, v, phi_q, phi_k, causal=causal, form=form, window_backend=window_backend,
+                           window_backward=window_backward, **chunking)
     return jnp.sum(out.astype(jnp.float32) * cotangent), out
 
   grad = jax.jit(jax.grad(loss, argnums=tuple(range(5)), has_aux=True))
@@ -58,19 +67,18 @@ def main() -> int:
     for dtype in ("float32", "bfloat16"):
       # The reference sees exactly the (dtype-rounded) inputs, in float32.
       rounded = [x.astype(dtype).astype(jnp.float32) for x in inputs[:3]] + inputs[3:]
-      ref_grads, ref_out = value_and_grads("reference", "xla", rounded, causal, chunking,
+      ref_grads, ref_out = value_and_grads("reference", "xla", "xla", rounded, causal, chunking,
                                            jnp.float32)
-      forms = [("parallel", "pallas"), ("parallel", "pallas_bwd")]
-      forms += [("scan", "pallas"), ("scan", "pallas_bwd")] if causal else []
-      for mode, backend in forms:
-        grads, out = value_and_grads(mode, backend, inputs, causal, chunking, dtype)
+      forms = ("parallel", "recurrent") if causal else ("parallel",)
+      for form, (backend, backward) in [(f, s) for f in forms for s in kernel_settings()]:
+        grads, out = value_and_grads(form, backend, backward, inputs, causal, chunking, dtype)
         fwd = relative_error(out.astype(jnp.float32), ref_out)
         bwd = max(relative_error(g, r) for g, r in zip(grads, ref_grads))
         fwd_tol, bwd_tol = TOLERANCE[dtype]
         ok = fwd <= fwd_tol and bwd <= bwd_tol and np.isfinite(fwd) and np.isfinite(bwd)
         failed |= not ok
         print(f"F={frames} HW={hw} H={heads} D={head_dim} Tc={tc} To={to} causal={causal} "
-              f"{dtype:8s} {mode:8s} {backend:10s}: fwd {fwd:.2e}  grads {bwd:.2e}  "
+              f"{dtype:8s} {form:9s} {backend + '/' + backward:17s}: fwd {fwd:.2e}  grads {bwd:.2e}  "
               f"{'ok' if ok else 'FAIL'}", flush=True)
   return 1 if failed else 0
 

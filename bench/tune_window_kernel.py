@@ -1,6 +1,6 @@
 """Sweep tile sizes and launch parameters of the fused ReHyAt window kernel (GPU).
 
-For each WindowKernelConfig in the grid: compile ``window_attention(backend='pallas')`` at
+For each WindowKernelConfig in the grid: compile ``window_attention(window_backend='pallas')`` at
 Wan2.1-1.3B head shapes, check it against the XLA backend on the same random inputs (relative
 error max|diff| / max|ref|, non-zero linear terms so the epilogue is exercised), and time the
 forward (median of --reps). Prints one table sorted by time; a config that fails to compile or
@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rehyat_jax.attention.chunking import make_geometry
+from rehyat_jax.attention.geometry import make_geometry
 from rehyat_jax.attention.parallel import window_operands
 from rehyat_jax.attention.window import WindowKernelConfig, window_attention
 from bench_attention import median_ms  # bench/ (this script's directory) is on sys.path
@@ -68,7 +68,7 @@ def main(argv: list[str]) -> None:
         (min((t + 1) * geometry.chunk_frames, frames) - t * geometry.chunk_frames)
         * (geometry.softmax_frames(t)[1] - geometry.softmax_frames(t)[0])
         for t in range(geometry.num_chunks)) * args.tokens_per_frame ** 2
-    xla = jax.jit(lambda *x: window_attention(*x, geometry.window_key_bounds(), backend="xla"))
+    xla = jax.jit(lambda *x: window_attention(*x, geometry.window_key_bounds(), window_backend="xla"))
     expected = np.asarray(xla(*inputs).astype(jnp.float32))
     scale = float(np.max(np.abs(expected)))
     xla_ms = median_ms(xla, inputs, args.reps)
@@ -76,7 +76,7 @@ def main(argv: list[str]) -> None:
     for bq, bk, warps, stages in itertools.product(args.block_q, args.block_k, args.num_warps,
                                                    args.num_stages):
       config = WindowKernelConfig(block_q=bq, block_k=bk, num_warps=warps, num_stages=stages)
-      fused = jax.jit(lambda *x, c=config: window_attention(*x, geometry.window_key_bounds(), backend="pallas",
+      fused = jax.jit(lambda *x, c=config: window_attention(*x, geometry.window_key_bounds(), window_backend="pallas",
                                                             kernel_config=c))
       try:
         out = np.asarray(fused(*inputs).astype(jnp.float32))

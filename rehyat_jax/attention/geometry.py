@@ -1,4 +1,4 @@
-"""Chunk geometry of the ReHyAt sets (method.md §1) and validation of hybrid-attention inputs.
+"""Chunk geometry of the ReHyAt sets (docs/method.md §1) and validation of hybrid-attention inputs.
 
 Frames are latent frames; token j belongs to frame j // tokens_per_frame (frame-major order).
 Chunk t holds frames [t*Tc, min((t+1)*Tc, F)); its softmax set is

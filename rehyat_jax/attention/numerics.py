@@ -1,4 +1,4 @@
-"""Numerics shared by every hybrid form: the joint normalisation of method.md §2, its guards,
+"""Numerics shared by every hybrid form: the joint normalisation of docs/method.md §2, its guards,
 and the matmul precision.
 
 All three forms (reference, parallel, scan) end in ``joint_normalise`` and clamp the feature

@@ -1,10 +1,10 @@
-"""Chunk-parallel ReHyAt (the training form): nothing N x N is materialised.
+"""Form "parallel": chunk-parallel ReHyAt (the training form); nothing N x N is materialised.
 
 Softmax part: every chunk attends to its window [To overlap frames ; Tc chunk frames], built
 from static slices so shapes are static; slots before the video start and the padding of a
-shorter last chunk are masked. ``window.py`` computes it together with the joint normalisation,
-in XLA (scores [B, chunks, H, Tc*HW, (To+Tc)*HW] materialised) or with the fused Pallas kernel
-(scores stay on chip).
+shorter last chunk are masked. The ``window`` package computes it together with the joint
+normalisation (docs/method.md §2), in XLA (scores [B, chunks, H, Tc*HW, (To+Tc)*HW]
+materialised) or with a fused Pallas kernel (scores stay on chip).
 
 Linear part: per-frame sums phi_k v^T and phi_k, mixed into each chunk's L_t by a static
 0/1 membership matrix [chunks, frames]. Working at frame granularity gets the causal set
@@ -17,9 +17,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from rehyat_jax.attention.chunking import ChunkGeometry, validate_hybrid_inputs
+from rehyat_jax.attention.geometry import ChunkGeometry, validate_hybrid_inputs
 from rehyat_jax.attention.numerics import clamp_features
-from rehyat_jax.attention.window import WindowKernelConfig, window_attention
+from rehyat_jax.attention.window import WindowKernelConfig, check_window_chunks_per_step, window_attention
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -80,22 +80,21 @@ def linear_terms(phi_q: jax.Array, phi_k: jax.Array, v: jax.Array, geometry: Chu
 
 def parallel_hybrid_attention(q: jax.Array, k: jax.Array, v: jax.Array, phi_q: jax.Array,
                               phi_k: jax.Array, *, tokens_per_frame: int, chunk_frames: int,
-                              overlap_frames: int, causal: bool,
-                              chunks_per_step: int | None = None, backend: str = "auto",
+                              overlap_frames: int, causal: bool, window_backend: str = "auto",
+                              window_backward: str = "xla", window_chunks_per_step: int | None = None,
                               kernel_config: WindowKernelConfig = WindowKernelConfig()
                               ) -> jax.Array:
   """ReHyAt hybrid attention, chunk-parallel form. Same contract as the reference form.
 
-  ``backend``: how the softmax window runs (``window.window_attention``): 'xla', 'pallas'
-  (fused kernel) or 'auto'. ``chunks_per_step`` (XLA path, and the pallas backward pass): when
-  set, the window softmax runs through ``lax.map`` over groups of that many chunks and is
-  recomputed group by group in the backward pass (``jax.checkpoint``), so score memory is one
-  group's in training as well as inference; None processes all chunks at once.
+  ``window_backend`` / ``window_backward``: how the softmax window runs (``window_attention``).
+  ``window_chunks_per_step`` (XLA window, and the kernels' 'xla' backward): when set, the window
+  softmax runs through ``lax.map`` over groups of that many chunks and is recomputed group by
+  group in the backward pass (``jax.checkpoint``), so score memory is one group's in training as
+  well as inference; None processes all chunks at once.
   """
   geometry = validate_hybrid_inputs(q, k, v, phi_q, phi_k, tokens_per_frame=tokens_per_frame,
                                     chunk_frames=chunk_frames, overlap_frames=overlap_frames)
-  if chunks_per_step is not None and chunks_per_step < 1:
-    raise ValueError(f"chunks_per_step must be None or >= 1, got {chunks_per_step!r}")
+  check_window_chunks_per_step(window_chunks_per_step)
   b, n, h, d = q.shape
   phi_q = clamp_features(phi_q)
   phi_k = clamp_features(phi_k)
@@ -103,7 +102,7 @@ def parallel_hybrid_attention(q: jax.Array, k: jax.Array, v: jax.Array, phi_q: j
   q_chunks, k_windows, v_windows = window_operands(q, k, v, geometry)
   lin_num, lin_den = linear_terms(phi_q, phi_k, v, geometry, causal)
   out = window_attention(q_chunks, k_windows, v_windows, lin_num, lin_den,
-                         geometry.window_key_bounds(),
-                         backend=backend, chunks_per_step=chunks_per_step,
-                         kernel_config=kernel_config)
+                         geometry.window_key_bounds(), window_backend=window_backend,
+                         window_backward=window_backward,
+                         window_chunks_per_step=window_chunks_per_step, kernel_config=kernel_config)
   return out.reshape(b, geometry.padded_frames * tokens_per_frame, h, d)[:, :n]

@@ -1,7 +1,8 @@
-"""Chunk-wise recurrent ReHyAt (method.md §4): one chunk step, and lax.scan over chunks.
+"""Form "recurrent": chunk-wise recurrent ReHyAt (docs/method.md §4), one chunk step and
+``lax.scan`` over chunks.
 
-``recurrent_chunk_step`` is the single building block: the scan form here and the whole-model
-recurrent DiT both call it. Static-shape design: the softmax window buffer is
+``recurrent_chunk_step`` is the single building block: ``recurrent_hybrid_attention`` here and
+the whole-model recurrent DiT both call it. Static-shape design: the softmax window buffer is
 [overlap cache (To frames) ; chunk (Tc frames)], slot w of chunk t holding frame t*Tc - To + w.
 After the softmax
 
@@ -22,9 +23,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rehyat_jax.attention.chunking import validate_hybrid_inputs, validate_qkv_phi
+from rehyat_jax.attention.geometry import validate_hybrid_inputs, validate_qkv_phi
 from rehyat_jax.attention.numerics import clamp_features
-from rehyat_jax.attention.window import window_attention
+from rehyat_jax.attention.window import WindowKernelConfig, window_attention
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -73,11 +74,14 @@ def init_recurrent_state(batch: int, num_heads: int, head_dim: int, phi_dim: int
 
 def recurrent_chunk_step(state: RecurrentState, q: jax.Array, k: jax.Array, v: jax.Array,
                          phi_q: jax.Array, phi_k: jax.Array, *, tokens_per_frame: int,
-                         backend: str = "auto") -> tuple[RecurrentState, jax.Array]:
+                         window_backend: str = "auto", window_backward: str = "xla",
+                         kernel_config: WindowKernelConfig = WindowKernelConfig()
+                         ) -> tuple[RecurrentState, jax.Array]:
   """One chunk of causal ReHyAt. q, k, v [B, Tc*HW, H, D], phi [B, Tc*HW, H, D'], any Tc >= 1.
 
   The softmax window [cache ; chunk] and the joint normalisation run through
-  ``window.window_attention`` with ``backend`` ('auto': the fused kernel on one GPU).
+  ``window.window_attention`` with ``window_backend`` ('auto': the fused kernel on one GPU) and
+  ``window_backward``.
 
   Returns (state after the chunk, output [B, Tc*HW, H, D] in q.dtype).
   """
@@ -105,7 +109,8 @@ def recurrent_chunk_step(state: RecurrentState, q: jax.Array, k: jax.Array, v: j
   key_bounds = jnp.stack([first_valid, jnp.int32(cached + chunk_tokens)])[None]
   one_chunk = lambda x: x[:, None]
   out = window_attention(one_chunk(q), one_chunk(k_buf), one_chunk(v_buf), one_chunk(lin_num),
-                         one_chunk(lin_den), key_bounds, backend=backend)[:, 0]
+                         one_chunk(lin_den), key_bounds, window_backend=window_backend,
+                         window_backward=window_backward, kernel_config=kernel_config)[:, 0]
 
   leaving = valid_buf[:chunk_tokens].astype(jnp.float32)[None, :, None, None]
   phi_leaving = phi_k_buf[:, :chunk_tokens] * leaving
@@ -121,13 +126,15 @@ def recurrent_chunk_step(state: RecurrentState, q: jax.Array, k: jax.Array, v: j
   return new_state, out
 
 
-def scan_hybrid_attention(q: jax.Array, k: jax.Array, v: jax.Array, phi_q: jax.Array,
-                          phi_k: jax.Array, *, tokens_per_frame: int, chunk_frames: int,
-                          overlap_frames: int, remat: bool = False,
-                          backend: str = "auto") -> jax.Array:
+def recurrent_hybrid_attention(q: jax.Array, k: jax.Array, v: jax.Array, phi_q: jax.Array,
+                               phi_k: jax.Array, *, tokens_per_frame: int, chunk_frames: int,
+                               overlap_frames: int, remat: bool = False,
+                               window_backend: str = "auto", window_backward: str = "xla",
+                               kernel_config: WindowKernelConfig = WindowKernelConfig()) -> jax.Array:
   """Causal ReHyAt as an RNN over chunks: lax.scan over the full chunks, then one more step
   for a shorter last chunk. Same contract as the reference form with causal=True.
-  ``backend``: the step's window implementation (``recurrent_chunk_step``).
+  ``window_backend``, ``window_backward``, ``kernel_config``: the step's window
+  (``recurrent_chunk_step``).
 
   ``remat``: recompute each chunk's softmax in the backward pass (``jax.checkpoint`` on the
   step), so training memory stays one chunk's whatever the length; off, the scan keeps every
@@ -140,7 +147,9 @@ def scan_hybrid_attention(q: jax.Array, k: jax.Array, v: jax.Array, phi_q: jax.A
                                overlap_frames=overlap_frames, dtype=k.dtype)
   step = lambda carry, chunk: recurrent_chunk_step(carry, *chunk,
                                                    tokens_per_frame=tokens_per_frame,
-                                                   backend=backend)
+                                                   window_backend=window_backend,
+                                                   window_backward=window_backward,
+                                                   kernel_config=kernel_config)
   if remat:
     step = jax.checkpoint(step)
   chunk_tokens = chunk_frames * tokens_per_frame

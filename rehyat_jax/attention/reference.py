@@ -1,7 +1,7 @@
 """Dense masked ReHyAt: the ground truth, written straight from the set definitions.
 
 Materialises the N x N scores and the two boolean masks S (softmax set) and L (linear set) of
-method.md §1, then applies §2 literally. O(N^2) memory: for tests and small sizes only.
+docs/method.md §1, then applies §2 literally. O(N^2) memory: for tests and small sizes only.
 Everything is computed in float32 whatever the input dtype; the feature clamp and the
 denominator guard are the shared ones of numerics.py, so the guarded regime is part of the
 function every form computes.
@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rehyat_jax.attention.chunking import validate_hybrid_inputs
+from rehyat_jax.attention.geometry import validate_hybrid_inputs
 from rehyat_jax.attention.numerics import clamp_features, joint_normalise
 
 _HIGHEST = jax.lax.Precision.HIGHEST

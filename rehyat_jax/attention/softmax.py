@@ -1,4 +1,5 @@
-"""Full softmax attention behind one function, with a backend choice.
+"""Full softmax attention (the teacher's, and unconverted blocks') behind one function, with a backend
+choice (``SOFTMAX_BACKENDS``).
 
 Backends: ``xla`` (``jax.nn.dot_product_attention`` with materialised scores; any dtype, any
 device), ``cudnn`` (cuDNN flash attention: GPU, bf16/fp16, head dim <= 256 and a multiple of 8),
@@ -16,7 +17,7 @@ import jax.numpy as jnp
 
 from rehyat_jax.attention.kernel_sharding import map_over_batch_and_heads
 
-BACKENDS = ("auto", "xla", "cudnn", "splash")
+SOFTMAX_BACKENDS = ("auto", "xla", "cudnn", "splash")
 
 
 def cudnn_applies(q: jnp.ndarray) -> bool:
@@ -27,8 +28,8 @@ def cudnn_applies(q: jnp.ndarray) -> bool:
 
 def softmax_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, *, backend: str = "auto") -> jnp.ndarray:
   """softmax(q kᵀ / sqrt(D)) v for q [B, T, H, D], k and v [B, S, H, D]; no mask; returns q.dtype."""
-  if backend not in BACKENDS:
-    raise ValueError(f"unknown softmax backend {backend!r}; choose one of {BACKENDS}")
+  if backend not in SOFTMAX_BACKENDS:
+    raise ValueError(f"unknown softmax backend {backend!r}; choose one of {SOFTMAX_BACKENDS}")
   if not (q.dtype == k.dtype == v.dtype):
     raise ValueError(f"softmax_attention: q, k, v dtypes differ ({q.dtype}, {k.dtype}, {v.dtype})")
   if backend == "auto":

@@ -1,4 +1,10 @@
-"""Random problem instances and error measures shared by the attention tests."""
+"""Random problem instances, error measures and the implementations under test, shared by the
+attention tests.
+
+The implementations come from the registries: every form of ``FORMS`` and, for the windowed
+forms, every ``WINDOW_BACKENDS`` entry with every backward it offers (kernels in Pallas
+interpret mode off their platform). A new backend or backward joins every shared test.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ import numpy as np
 from flax import nnx
 from hypothesis import strategies as st
 
-from rehyat_jax.attention import FeatureMap, hybrid_attention, parallel_hybrid_attention
+from rehyat_jax.attention import FORMS, WINDOW_BACKENDS, FeatureMapConfig, build_feature_map, hybrid_attention
 from rehyat_jax.attention.window import WindowKernelConfig
 
 
@@ -79,15 +85,15 @@ def cotangent(case: Case) -> jax.Array:
   return jnp.asarray(normal(case.seed + 7, (case.batch, case.num_tokens, case.heads, case.head_dim)))
 
 
-def feature_map(case: Case, *, init_scale: float = 0.3, degree: int = 2) -> FeatureMap:
-  """A small feature map whose linear branch is large enough to matter in comparisons.
+def feature_map(case: Case, *, init_scale: float = 0.3, degree: int = 2) -> nnx.Module:
+  """A small "mlp_power" feature map whose linear branch is large enough to matter in comparisons.
 
   Built abstractly, then filled from NumPy (random biases too, so every parameter matters).
   """
   hidden, feature_dim = 8, 4
-  phi = nnx.eval_shape(lambda: FeatureMap(case.heads, case.head_dim, degree=degree, hidden=hidden,
-                                          feature_dim=feature_dim, init_scale=init_scale,
-                                          rngs=nnx.Rngs(0)))
+  config = FeatureMapConfig("mlp_power", degree=degree, hidden=hidden, feature_dim=feature_dim,
+                            init_scale=init_scale)
+  phi = nnx.eval_shape(lambda: build_feature_map(config, case.heads, case.head_dim, rngs=nnx.Rngs(0)))
   stds = {"w1": case.head_dim ** -0.5, "b1": 0.3, "w2": init_scale * hidden ** -0.5,
           "b2": 0.3 * init_scale}
   for offset, (name, std) in enumerate(stds.items()):
@@ -96,7 +102,7 @@ def feature_map(case: Case, *, init_scale: float = 0.3, degree: int = 2) -> Feat
   return phi
 
 
-def apply_phi(phi: FeatureMap, *xs: jax.Array) -> tuple[jax.Array, ...]:
+def apply_phi(phi: nnx.Module, *xs: jax.Array) -> tuple[jax.Array, ...]:
   """phi(x) for each x, compiled once instead of run op by op."""
   return jit_fast(lambda *ys: tuple(phi(y) for y in ys))(*xs)
 
@@ -113,32 +119,68 @@ def tree_relative_errors(actual, expected) -> list[float]:
   return [relative_error(a, e) for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected))]
 
 
-# Every implementation of the one function, by name. 'parallel' and 'scan' use the XLA window
-# softmax; the '_pallas' forms the fused window kernel (Pallas interpret mode off GPU) with
-# small tiles so that the tiny test windows span several query and key blocks.
-# 'parallel_pallas_bwd' adds the fused backward kernels; 'parallel_pallas_tpu' is the Mosaic TPU
-# forward (interpret mode here).
-FORMS = ("reference", "parallel", "parallel_pallas", "parallel_pallas_bwd", "parallel_pallas_tpu",
-         "scan", "scan_pallas")
+# Small tiles, so that the tiny test windows span several query and key blocks of the kernels.
 TEST_KERNEL = WindowKernelConfig(block_q=16, block_k=16, num_warps=4)
-FORM_CAUSAL = [("reference", True), ("reference", False), ("parallel", True), ("parallel", False),
-               ("parallel_pallas", True), ("parallel_pallas", False),
-               ("parallel_pallas_bwd", True), ("parallel_pallas_bwd", False),
-               ("parallel_pallas_tpu", True), ("parallel_pallas_tpu", False), ("scan", True),
-               ("scan_pallas", True)]
+
+# The forms that use no softmax window (the settings below do not apply) and the causal-only ones.
+WINDOWLESS_FORMS = ("reference",)
+CAUSAL_ONLY_FORMS = ("recurrent",)
+
+# (window_backend, window_backward) for every registry entry and every backward it offers.
+WINDOW_SETTINGS = tuple((name, backward) for name, entry in WINDOW_BACKENDS.items()
+                        for backward in entry.backwards)
+# The plain-XLA window (the baseline the kernels are compared with).
+XLA_WINDOW = next((name, entry.default_backward) for name, entry in WINDOW_BACKENDS.items()
+                  if not entry.is_kernel)
+KERNEL_SETTINGS = tuple((name, backward) for name, backward in WINDOW_SETTINGS
+                        if WINDOW_BACKENDS[name].is_kernel)
 
 
-def hybrid(form: str, q, k, v, phi_q, phi_k, *, causal: bool, **chunking) -> jax.Array:
-  """hybrid_attention in one of FORMS."""
-  if form in ("parallel_pallas", "parallel_pallas_bwd", "parallel_pallas_tpu"):
-    return parallel_hybrid_attention(q, k, v, phi_q, phi_k, causal=causal,
-                                     backend=form.removeprefix("parallel_"),
-                                     kernel_config=TEST_KERNEL, **chunking)
-  if form == "parallel":
-    return parallel_hybrid_attention(q, k, v, phi_q, phi_k, causal=causal, backend="xla",
-                                     **chunking)
-  if form in ("scan", "scan_pallas"):
-    backend = "pallas" if form == "scan_pallas" else "xla"
-    return hybrid_attention(q, k, v, phi_q, phi_k, causal=causal, mode="scan", backend=backend,
-                            **chunking)
-  return hybrid_attention(q, k, v, phi_q, phi_k, causal=causal, mode=form, **chunking)
+@dataclasses.dataclass(frozen=True)
+class Impl:
+  """One implementation of the one function: a form and, for a windowed form, its window."""
+
+  form: str
+  window_backend: str = XLA_WINDOW[0]
+  window_backward: str = XLA_WINDOW[1]
+
+  def __str__(self) -> str:
+    if self.form in WINDOWLESS_FORMS:
+      return self.form
+    return f"{self.form}-{self.window_backend}-{self.window_backward}"
+
+  @property
+  def kernel(self) -> bool:
+    """Runs a fused kernel (forward, and maybe backward) rather than XLA."""
+    return self.form not in WINDOWLESS_FORMS and WINDOW_BACKENDS[self.window_backend].is_kernel
+
+  def supports(self, causal: bool) -> bool:
+    return causal or self.form not in CAUSAL_ONLY_FORMS
+
+
+def impls(forms=FORMS, settings=WINDOW_SETTINGS) -> tuple[Impl, ...]:
+  """Every form of ``forms`` with every window setting of ``settings`` (windowless forms once)."""
+  out = []
+  for form in forms:
+    out += [Impl(form)] if form in WINDOWLESS_FORMS else [Impl(form, *s) for s in settings]
+  return tuple(out)
+
+
+REFERENCE = Impl("reference")
+IMPLS = impls()
+# (impl, causal) pairs each implementation supports.
+IMPL_CAUSAL = [(impl, causal) for impl in IMPLS for causal in (True, False) if impl.supports(causal)]
+
+
+def impl_causal_id(value) -> str:
+  """pytest id of an Impl or a causal flag."""
+  if isinstance(value, bool):
+    return "causal" if value else "noncausal"
+  return str(value)
+
+
+def hybrid(impl: Impl, q, k, v, phi_q, phi_k, *, causal: bool, **chunking) -> jax.Array:
+  """hybrid_attention as ``impl`` (kernels with the small ``TEST_KERNEL`` tiles)."""
+  return hybrid_attention(q, k, v, phi_q, phi_k, causal=causal, form=impl.form,
+                          window_backend=impl.window_backend, window_backward=impl.window_backward,
+                          kernel_config=TEST_KERNEL, **chunking)

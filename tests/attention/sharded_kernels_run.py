@@ -1,7 +1,8 @@
 """Child process of test_kernel_sharding.py: 8 simulated CPU devices, a (2, 1, 4) mesh.
 
-Prints one JSON line: errors of the Pallas kernels run per shard under ``jax.set_mesh`` against
-the XLA forms on one device, and whether the kernels were wrapped in shard_map.
+Prints one JSON line: errors of the Pallas kernels (every kernel entry of the window registry
+with every backward it offers, and TPU splash) run per shard under ``jax.set_mesh`` against the
+XLA forms on one device, and whether the kernels were wrapped in shard_map.
 """
 
 import json
@@ -11,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from hybrid_cases import KERNEL_SETTINGS, XLA_WINDOW
 from rehyat_jax.attention import parallel_hybrid_attention
 from rehyat_jax.attention.softmax import splash_attention
 from rehyat_jax.attention.window import WindowKernelConfig
@@ -28,15 +30,16 @@ def rel(a, b):
   return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
-def hybrid_case(heads):
+def hybrid_case(heads, window_backend, window_backward):
   shape, phi_shape = (2, 5 * 8, heads, 16), (2, 5 * 8, heads, 8)
   args = [rng.standard_normal(shape).astype(np.float32) for _ in range(3)]
   args += [0.3 * rng.standard_normal(phi_shape).astype(np.float32) for _ in range(2)]
 
-  def form(backend):
+  def form(window_backend, window_backward):
     return lambda *xs: parallel_hybrid_attention(*xs, tokens_per_frame=8, chunk_frames=2,
-                                                 overlap_frames=1, causal=True, backend=backend,
-                                                 kernel_config=kernel)
+                                                 overlap_frames=1, causal=True,
+                                                 window_backend=window_backend,
+                                                 window_backward=window_backward, kernel_config=kernel)
 
   cotangent = rng.standard_normal(shape).astype(np.float32)
 
@@ -44,12 +47,12 @@ def hybrid_case(heads):
     loss = lambda *xs: jnp.sum(fn(*xs) * cotangent)
     return jax.value_and_grad(loss, argnums=tuple(range(5)), has_aux=False)
 
-  expected = jax.jit(value_and_grads(form("xla")))(*args)
+  expected = jax.jit(value_and_grads(form(*XLA_WINDOW)))(*args)
   layout = per_token if heads % 4 == 0 else NamedSharding(mesh, P(("data", "fsdp")))
   sharded = [jax.device_put(x, layout) for x in args]
   with jax.set_mesh(mesh):
-    actual = jax.jit(value_and_grads(form("pallas")))(*sharded)
-    jaxpr = str(jax.make_jaxpr(form("pallas"))(*sharded))
+    actual = jax.jit(value_and_grads(form(window_backend, window_backward)))(*sharded)
+    jaxpr = str(jax.make_jaxpr(form(window_backend, window_backward))(*sharded))
   errors = [rel(a, e) for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected))]
   return {"max_error": max(errors), "errors": errors, "shard_map": "shard_map" in jaxpr,
           "grad_sharding": str(actual[1][0].sharding.spec)}
@@ -65,5 +68,7 @@ def splash_case():
   return {"max_error": rel(actual, expected), "shard_map": "shard_map" in jaxpr}
 
 
-print(json.dumps({"hybrid_heads_4": hybrid_case(4), "hybrid_heads_3": hybrid_case(3),
-                  "splash": splash_case()}))
+hybrid = {f"{backend}/{backward}": {"heads_4": hybrid_case(4, backend, backward),
+                                     "heads_3": hybrid_case(3, backend, backward)}
+          for backend, backward in KERNEL_SETTINGS}
+print(json.dumps({"hybrid": hybrid, "splash": splash_case()}))

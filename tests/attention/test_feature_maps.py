@@ -1,4 +1,5 @@
-"""FeatureMap: shapes, parameter count, the degree-P powers, PhiParam filtering, annotations."""
+"""Feature map kind "mlp_power": shapes, parameter count, the degree-P powers, PhiParam filtering,
+annotations, values for a fixed seed."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ import pytest
 from flax import nnx
 
 from hybrid_cases import apply_phi, normal
-from rehyat_jax.attention import FeatureMap, FeatureMapConfig, PhiParam
+from rehyat_jax.attention import FeatureMapConfig, PhiParam, build_feature_map
 
 
-def _make(*args, **kwargs) -> FeatureMap:
-  return FeatureMap(*args, rngs=nnx.Rngs(0), **kwargs)
+def _make(num_heads: int, head_dim: int, *, rngs=None, **options) -> nnx.Module:
+  config = FeatureMapConfig("mlp_power", **options)
+  return build_feature_map(config, num_heads, head_dim, rngs=rngs or nnx.Rngs(0))
 
 
 def _count(state) -> int:
@@ -65,8 +67,8 @@ def test_phi_param_filter_selects_exactly_the_feature_maps():
   class Block(nnx.Module):
     def __init__(self, rngs):
       self.proj = nnx.Linear(4, 4, rngs=rngs)
-      self.phi_q = FeatureMap(2, 2, hidden=3, feature_dim=2, rngs=rngs)
-      self.phi_k = FeatureMap(2, 2, hidden=3, feature_dim=2, rngs=rngs)
+      self.phi_q = _make(2, 2, hidden=3, feature_dim=2, rngs=rngs)
+      self.phi_k = _make(2, 2, hidden=3, feature_dim=2, rngs=rngs)
 
   block = Block(nnx.Rngs(0))
   selected = nnx.state(block, PhiParam)
@@ -88,6 +90,23 @@ def test_config_validation():
     FeatureMapConfig(degree=5)
   with pytest.raises(ValueError, match="unknown activation 'tanh'"):
     FeatureMapConfig(activation="tanh")
-  with pytest.raises(ValueError, match="FeatureMap expects"):
+  with pytest.raises(ValueError, match="feature map expects"):
     _make(2, 4, hidden=3, feature_dim=2)(jnp.ones((1, 3, 2, 5)))
   assert FeatureMapConfig().output_dim == 256
+
+
+def test_values_for_a_seed_do_not_change():
+  """Exported students and seeded runs rely on these exact initial values (pinned from the
+  implementation before the feature-map registry existed)."""
+  phi = _make(3, 16, rngs=nnx.Rngs(7), degree=3, hidden=6, feature_dim=2, activation="silu", init_scale=0.5)
+  assert {name: getattr(phi, name).shape for name in ("w1", "b1", "w2", "b2")} == {
+      "w1": (3, 16, 6), "b1": (3, 6), "w2": (3, 6, 6), "b2": (3, 6)}
+  w1, w2 = (np.asarray(getattr(phi, name)[...], np.float64) for name in ("w1", "w2"))
+  np.testing.assert_allclose(w1.reshape(-1)[:3], [0.29536622762680054, 0.03841026872396469, -0.1411309540271759],
+                             rtol=1e-6)
+  np.testing.assert_allclose(w2.reshape(-1)[:3], [-0.17968371510505676, -0.14260677993297577,
+                                                  -0.36657342314720154], rtol=1e-6)
+  np.testing.assert_allclose([w1.sum(), np.abs(w1).sum()], [3.2354142948170193, 59.19841286371229], rtol=1e-5)
+  np.testing.assert_allclose([w2.sum(), np.abs(w2).sum()], [-0.6290125208906829, 19.11632657935843], rtol=1e-5)
+  x = np.random.default_rng(0).standard_normal((1, 5, 3, 16)).astype(np.float32)
+  np.testing.assert_allclose(float(np.abs(np.asarray(phi(x), np.float64)).sum()), 14.02169849040935, rtol=1e-5)

@@ -1,4 +1,4 @@
-"""Chunk geometry against the set definitions of method.md §1."""
+"""Chunk geometry against the set definitions of docs/method.md §1."""
 
 from __future__ import annotations
 

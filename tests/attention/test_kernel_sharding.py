@@ -1,5 +1,6 @@
 """Pallas kernels under a multi-device mesh run per batch/head shard (shard_map) and still compute
-the single-device XLA result, forward and gradients (8 simulated CPU devices, interpret mode)."""
+the single-device XLA result, forward and gradients (8 simulated CPU devices, interpret mode):
+every kernel window backend of the registry with every backward it offers, and TPU splash."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from hybrid_cases import KERNEL_SETTINGS
 
 TOLERANCE = 1e-5
 
@@ -24,16 +27,19 @@ def results() -> dict:
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def test_window_kernel_runs_per_shard(results):
-  case = results["hybrid_heads_4"]
+@pytest.mark.parametrize("window_backend,window_backward", KERNEL_SETTINGS)
+def test_window_kernel_runs_per_shard(results, window_backend, window_backward):
+  case = results["hybrid"][f"{window_backend}/{window_backward}"]["heads_4"]
   assert case["shard_map"], case
   assert case["max_error"] <= TOLERANCE, case
   # The gradient comes back sharded like its input (batch over data, heads over tensor).
   assert "tensor" in case["grad_sharding"] and "data" in case["grad_sharding"], case
 
 
-def test_heads_not_divisible_shards_batch_only(results):
-  case = results["hybrid_heads_3"]  # 3 heads over a tensor axis of 4: batch-only sharding
+@pytest.mark.parametrize("window_backend,window_backward", KERNEL_SETTINGS)
+def test_heads_not_divisible_shards_batch_only(results, window_backend, window_backward):
+  # 3 heads over a tensor axis of 4: batch-only sharding.
+  case = results["hybrid"][f"{window_backend}/{window_backward}"]["heads_3"]
   assert case["shard_map"], case
   assert case["max_error"] <= TOLERANCE, case
 

@@ -15,36 +15,36 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from hybrid_cases import (Case, apply_phi, cotangent, feature_map, hybrid, jit_fast, qkv, relative_error,
-                          tree_relative_errors)
+from hybrid_cases import (IMPL_CAUSAL, REFERENCE, Case, Impl, apply_phi, cotangent, feature_map, hybrid,
+                          impl_causal_id, jit_fast, qkv, relative_error, tree_relative_errors)
 
 BF16_TOLERANCE = 2e-2
 BF16_GRAD_TOLERANCE = 3e-2
 
 
-def _value_and_grads(case: Case, mode: str, dtype):
+def _value_and_grads(case: Case, impl: Impl, dtype):
   q, k, v = qkv(case, dtype)
   phi_q, phi_k = apply_phi(feature_map(case), q, k)  # float32 whatever the input dtype
   out_cotangent = cotangent(case)
 
   def loss(q, k, v):
-    out = hybrid(mode, q, k, v, phi_q, phi_k, causal=case.causal, **case.chunking)
+    out = hybrid(impl, q, k, v, phi_q, phi_k, causal=case.causal, **case.chunking)
     return jnp.sum(out.astype(jnp.float32) * out_cotangent), out
 
   grads, out = jit_fast(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))(q, k, v)
   return out, grads
 
 
-@pytest.mark.parametrize("mode,causal", [("parallel", True), ("parallel", False),
-                                         ("parallel_pallas", True), ("parallel_pallas", False),
-                                         ("parallel_pallas_bwd", True), ("parallel_pallas_tpu", True),
-                                         ("scan", True), ("scan_pallas", True)])
-def test_bf16_close_to_fp32(mode, causal):
+BF16_IMPL_CAUSAL = [(impl, causal) for impl, causal in IMPL_CAUSAL if impl != REFERENCE]
+
+
+@pytest.mark.parametrize("impl,causal", BF16_IMPL_CAUSAL, ids=impl_causal_id)
+def test_bf16_close_to_fp32(impl, causal):
   case = Case(batch=2, frames=9, tokens_per_frame=16, heads=2, head_dim=32, chunk_frames=3,
               overlap_frames=1, causal=causal, seed=11)
-  out, grads = _value_and_grads(case, mode, jnp.bfloat16)
+  out, grads = _value_and_grads(case, impl, jnp.bfloat16)
   # The float32 reference sees exactly the same (bf16-representable) inputs.
-  ref_out, ref_grads = _value_and_grads(case, "reference", jnp.float32)
+  ref_out, ref_grads = _value_and_grads(case, REFERENCE, jnp.float32)
   assert out.dtype == jnp.bfloat16
   assert relative_error(out, ref_out) <= BF16_TOLERANCE
   assert max(tree_relative_errors(grads, ref_grads)) <= BF16_GRAD_TOLERANCE

@@ -5,7 +5,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 import pytest
 
-from rehyat_jax.attention import hybrid_attention, init_recurrent_state, recurrent_chunk_step
+from rehyat_jax.attention import FORMS, WINDOW_BACKENDS, hybrid_attention, init_recurrent_state, recurrent_chunk_step
+from rehyat_jax.attention.window import window_backward_names
 from rehyat_jax.attention.parallel import parallel_hybrid_attention
 
 B, N, H, D, DP = 1, 12, 2, 4, 6
@@ -18,26 +19,44 @@ def _inputs(n: int = N, phi_dim: int = DP):
 
 
 def _call(*args, tokens_per_frame=3, chunk_frames=2, overlap_frames=1, causal=True,
-          mode="parallel"):
+          form="parallel", **window):
   args = args or _inputs()
   return hybrid_attention(*args, tokens_per_frame=tokens_per_frame, chunk_frames=chunk_frames,
-                          overlap_frames=overlap_frames, causal=causal, mode=mode)
+                          overlap_frames=overlap_frames, causal=causal, form=form, **window)
 
 
-def test_unknown_mode():
-  with pytest.raises(ValueError, match="unknown hybrid attention mode 'flash'"):
-    _call(mode="flash")
+def test_unknown_form():
+  with pytest.raises(ValueError, match="unknown hybrid attention form 'flash'"):
+    _call(form="flash")
 
 
-def test_scan_is_causal_only():
-  with pytest.raises(ValueError, match="mode='scan' with causal=False"):
-    _call(mode="scan", causal=False)
+def test_recurrent_is_causal_only():
+  with pytest.raises(ValueError, match="form='recurrent' with causal=False"):
+    _call(form="recurrent", causal=False)
 
 
-@pytest.mark.parametrize("mode", ["reference", "parallel", "scan"])
-def test_tokens_not_multiple_of_tokens_per_frame(mode):
+@pytest.mark.parametrize("form", FORMS)
+def test_tokens_not_multiple_of_tokens_per_frame(form):
   with pytest.raises(ValueError, match="N=12 is not a positive multiple of tokens_per_frame=5"):
-    _call(tokens_per_frame=5, mode=mode)
+    _call(tokens_per_frame=5, form=form)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_unknown_window_backend(form):
+  with pytest.raises(ValueError, match=r"unknown window_backend 'pallas_bwd'; choose one of \('auto', 'xla'"):
+    _call(form=form, window_backend="pallas_bwd")
+
+
+# (backend, a backward some other entry offers but it does not), from the registry.
+NOT_OFFERED = [(name, backward) for name, entry in WINDOW_BACKENDS.items() for backward in window_backward_names()
+               if backward not in entry.backwards]
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("backend,backward", NOT_OFFERED)
+def test_window_backward_not_offered(form, backend, backward):
+  with pytest.raises(ValueError, match=f"window_backward '{backward}' is not offered by window_backend '{backend}'"):
+    _call(form=form, window_backend=backend, window_backward=backward)
 
 
 @pytest.mark.parametrize("value", [0, -1, 1.5])
@@ -82,10 +101,13 @@ def test_wrong_rank():
     _call(q[0], k, v, phi_q, phi_k)
 
 
-def test_chunks_per_step():
-  with pytest.raises(ValueError, match="chunks_per_step must be None or >= 1"):
+@pytest.mark.parametrize("value", [0, 1.5, True])
+def test_window_chunks_per_step(value):
+  with pytest.raises(ValueError, match="window_chunks_per_step must be None or >= 1"):
     parallel_hybrid_attention(*_inputs(), tokens_per_frame=3, chunk_frames=2, overlap_frames=1,
-                              causal=True, chunks_per_step=0)
+                              causal=True, window_chunks_per_step=value)
+  with pytest.raises(ValueError, match="window_chunks_per_step must be None or >= 1"):
+    _call(window_chunks_per_step=value)
 
 
 def test_step_chunk_not_whole_frames():

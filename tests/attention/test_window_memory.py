@@ -9,13 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from hybrid_cases import KERNEL_SETTINGS, XLA_WINDOW
 from rehyat_jax.attention import parallel_hybrid_attention
 from rehyat_jax.attention.window import WindowKernelConfig
 
 BATCH, FRAMES, HW, HEADS, HEAD_DIM, PHI_DIM, TC, TO = 1, 9, 64, 2, 16, 8, 3, 1
 
 
-def _phi_only_grad_temp_bytes(backend: str) -> int:
+def _phi_only_grad_temp_bytes(window_backend: str, window_backward: str) -> int:
   rng = np.random.default_rng(0)
   q, k, v = (jnp.asarray(rng.standard_normal((BATCH, FRAMES * HW, HEADS, HEAD_DIM)), jnp.float32)
              for _ in range(3))
@@ -27,19 +28,21 @@ def _phi_only_grad_temp_bytes(backend: str) -> int:
     phi = lambda x: jnp.einsum("bnhd,dp->bnhp", x, w)
     out = parallel_hybrid_attention(frozen(q), frozen(k), frozen(v), phi(q), phi(k),
                                     tokens_per_frame=HW, chunk_frames=TC, overlap_frames=TO,
-                                    causal=True, backend=backend, kernel_config=kernel)
+                                    causal=True, window_backend=window_backend,
+                                    window_backward=window_backward, kernel_config=kernel)
     return jnp.sum(jnp.abs(out))
 
   compiled = jax.jit(jax.grad(loss)).lower(weights).compile()
   return compiled.memory_analysis().temp_size_in_bytes
 
 
-@pytest.mark.parametrize("backend", ["pallas", "pallas_bwd"])
-def test_phi_only_gradient_does_not_hold_scores(backend):
+@pytest.mark.parametrize("window_backend,window_backward", KERNEL_SETTINGS)
+def test_phi_only_gradient_does_not_hold_scores(window_backend, window_backward):
   chunks = -(-FRAMES // TC)
   scores_bytes = BATCH * chunks * HEADS * (TC * HW) * ((TC + TO) * HW) * 4
-  xla = _phi_only_grad_temp_bytes("xla")
-  fused = _phi_only_grad_temp_bytes(backend)
-  print(f"phi-only grad temp: xla {xla:,} B, {backend} {fused:,} B; window scores {scores_bytes:,} B")
+  xla = _phi_only_grad_temp_bytes(*XLA_WINDOW)
+  fused = _phi_only_grad_temp_bytes(window_backend, window_backward)
+  print(f"phi-only grad temp: xla {xla:,} B, {window_backend}/{window_backward} {fused:,} B; "
+        f"window scores {scores_bytes:,} B")
   assert xla > scores_bytes  # the XLA path does materialise them
   assert fused < scores_bytes

@@ -1,9 +1,9 @@
-"""Learned feature maps phi_q, phi_k of ReHyAt's linear branch (method.md §3).
+"""Feature map kind "mlp_power": the per-head MLP with powered parts of ReHyAt (docs/method.md §3).
 
 Per head (a grouped 1x1 convolution): psi(x) = W2 act(W1 x + b1) + b2, psi split into P equal
 parts of Dp, phi = concat(psi_1^1, psi_2^2, ..., psi_P^P), D' = P * Dp. Computed in float32
-whatever the input dtype; parameters are float32 ``PhiParam``s so an optimizer or gradient
-filter (``wrt=PhiParam``) selects exactly the feature maps.
+whatever the input dtype; parameters are float32 ``PhiParam``s named w1, b1, w2, b2 (exported
+student checkpoints hold these names and shapes: keep them).
 
 **Decision — initialisation.** W1 is LeCun-normal per head (std 1/sqrt(D)), b1 = b2 = 0, and
 W2 ~ N(0, (init_scale / sqrt(hidden))^2) with init_scale = 1e-3, i.e. 1e-3 times LeCun.
@@ -14,13 +14,14 @@ softmax mass n_S >= 1 and an untrained student is close to chunk-local softmax.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rehyat_jax.core.adapters import AdapterParam
+from rehyat_jax.attention.feature_maps.registry import FeatureMapConfig, PhiParam, register_feature_map
 from rehyat_jax.core.sharding import logical
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -32,13 +33,13 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 MAX_DEGREE = 4
 
 
-class PhiParam(AdapterParam):
-  """Parameter of a ReHyAt feature map (the only thing stage-1 distillation trains)."""
+def _is_int(value) -> bool:
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 @dataclasses.dataclass(frozen=True)
-class FeatureMapConfig:
-  """Hyper-parameters of one feature map; defaults give ~1.2M parameters for 12 heads x 128."""
+class MlpPowerOptions:
+  """Hyper-parameters of an "mlp_power" map; defaults give ~1.2M parameters for 12 heads x 128."""
 
   degree: int = 2
   hidden: int = 256
@@ -47,14 +48,19 @@ class FeatureMapConfig:
   init_scale: float = 1e-3
 
   def __post_init__(self):
-    if not 1 <= self.degree <= MAX_DEGREE:
+    if not _is_int(self.degree) or not 1 <= self.degree <= MAX_DEGREE:
       raise ValueError(f"degree must be in 1..{MAX_DEGREE}, got {self.degree!r}")
-    if self.hidden < 1:
+    if not _is_int(self.hidden) or self.hidden < 1:
       raise ValueError(f"hidden must be >= 1, got {self.hidden!r}")
-    if self.feature_dim < 1:
+    if not _is_int(self.feature_dim) or self.feature_dim < 1:
       raise ValueError(f"feature_dim must be >= 1, got {self.feature_dim!r}")
     if self.activation not in ACTIVATIONS:
       raise ValueError(f"unknown activation {self.activation!r}; choose one of {sorted(ACTIVATIONS)}")
+    if isinstance(self.init_scale, bool) or not isinstance(self.init_scale, numbers.Real):
+      raise ValueError(f"init_scale must be a number, got {self.init_scale!r}")
+    # Plain Python numbers (a NumPy int from a sweep would not be JSON-able in ``to_dict``).
+    for name, cast in (("degree", int), ("hidden", int), ("feature_dim", int), ("init_scale", float)):
+      object.__setattr__(self, name, cast(getattr(self, name)))
 
   @property
   def output_dim(self) -> int:
@@ -68,32 +74,27 @@ def _lecun_per_head(scale: float = 1.0) -> nnx.Initializer:
                                               in_axis=-2, out_axis=-1, batch_axis=(0,))
 
 
-class FeatureMap(nnx.Module):
+@register_feature_map("mlp_power", options=MlpPowerOptions,
+                      summary="per-head MLP psi = W2 act(W1 x + b1) + b2, part i of `degree` raised to i")
+class MlpPowerFeatureMap(nnx.Module):
   """phi: [B, N, H, D] -> [B, N, H, degree * feature_dim] float32, independent weights per head."""
 
-  def __init__(self, num_heads: int, head_dim: int, *, degree: int = 2, hidden: int = 256,
-               feature_dim: int = 128, activation: str = "gelu", init_scale: float = 1e-3,
-               rngs: nnx.Rngs):
-    self.config = FeatureMapConfig(degree=degree, hidden=hidden, feature_dim=feature_dim,
-                                   activation=activation, init_scale=init_scale)
+  def __init__(self, config: FeatureMapConfig, num_heads: int, head_dim: int, *, rngs: nnx.Rngs):
+    if config.kind != "mlp_power":
+      raise ValueError(f"MlpPowerFeatureMap needs a config of kind 'mlp_power', got {config.kind!r}")
+    self.config = config
     self.num_heads = num_heads
     self.head_dim = head_dim
-    out = self.config.output_dim
+    out = config.output_dim
     matrix_names, vector_names = ("heads", None, None), ("heads", None)
     w1_init = logical(_lecun_per_head(), matrix_names)
-    w2_init = logical(_lecun_per_head(init_scale), matrix_names)
+    w2_init = logical(_lecun_per_head(config.init_scale), matrix_names)
     zeros = logical(nnx.initializers.zeros_init(), vector_names)
-    self.w1 = PhiParam(w1_init(rngs.params(), (num_heads, head_dim, hidden), jnp.float32))
-    self.b1 = PhiParam(zeros(rngs.params(), (num_heads, hidden), jnp.float32))
-    self.w2 = PhiParam(w2_init(rngs.params(), (num_heads, hidden, out), jnp.float32))
+    # Keys drawn in this order (w1, b1, w2, b2): a given seed must keep giving the same values.
+    self.w1 = PhiParam(w1_init(rngs.params(), (num_heads, head_dim, config.hidden), jnp.float32))
+    self.b1 = PhiParam(zeros(rngs.params(), (num_heads, config.hidden), jnp.float32))
+    self.w2 = PhiParam(w2_init(rngs.params(), (num_heads, config.hidden, out), jnp.float32))
     self.b2 = PhiParam(zeros(rngs.params(), (num_heads, out), jnp.float32))
-
-  @classmethod
-  def from_config(cls, config: FeatureMapConfig, num_heads: int, head_dim: int, *,
-                  rngs: nnx.Rngs) -> "FeatureMap":
-    return cls(num_heads, head_dim, degree=config.degree, hidden=config.hidden,
-               feature_dim=config.feature_dim, activation=config.activation,
-               init_scale=config.init_scale, rngs=rngs)
 
   @property
   def output_dim(self) -> int:
@@ -101,7 +102,7 @@ class FeatureMap(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     if x.ndim != 4 or x.shape[2:] != (self.num_heads, self.head_dim):
-      raise ValueError(f"FeatureMap expects [B, N, {self.num_heads}, {self.head_dim}], "
+      raise ValueError(f"feature map expects [B, N, {self.num_heads}, {self.head_dim}], "
                        f"got {tuple(x.shape)}")
     highest = jax.lax.Precision.HIGHEST
     x = x.astype(jnp.float32)

@@ -1,5 +1,6 @@
-"""What the fused window kernels (forward in window.py, backward in window_backward.py) share:
-tile configuration, padding to tiles, matmul precision and the score constants."""
+"""What the fused window kernels (triton_forward.py, triton_backward.py, mosaic_tpu.py) share:
+tile configuration, the head dims they can tile, padding to tiles, matmul precision and the
+score constants."""
 
 from __future__ import annotations
 
@@ -18,35 +19,30 @@ MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
 
 @dataclasses.dataclass(frozen=True)
 class WindowKernelConfig:
-  """Tile sizes and Triton launch parameters of the fused window kernel.
+  """Tile sizes and Triton launch parameters of the fused window kernels (every kernel backend
+  reads the tile sizes; num_warps / num_stages are Triton's).
 
   Defaults: the fastest of a 16-point sweep (block_q 64/128, block_k 64/128, 4/8 warps, 2/3
   stages) at Wan2.1-1.3B heads, 21 latent frames, bf16, on an H200 (docs/benchmarks.md).
-
-  ``backward``: 'xla' (``jax.vjp`` of the XLA window for dq, dk, dv; scores materialised) or
-  'pallas' (the fused flash-style backward of ``window_backward.py``; EXPERIMENTAL: tested in
-  interpret mode only, not yet compiled or timed on a GPU). ``platform``: 'gpu' (Triton
-  lowering, window.py) or 'tpu' (Mosaic TPU lowering, window_tpu.py; EXPERIMENTAL, forward only).
+  Which kernel runs and which backward it uses are the ``window_backend`` and
+  ``window_backward`` settings, not part of this tiling.
   """
 
   block_q: int = 128
   block_k: int = 64
   num_warps: int = 4
   num_stages: int = 2
-  backward: str = "xla"
-  platform: str = "gpu"
 
   def __post_init__(self):
-    if self.backward not in ("xla", "pallas"):
-      raise ValueError(f"WindowKernelConfig.backward must be 'xla' or 'pallas', got {self.backward!r}")
-    if self.platform not in ("gpu", "tpu"):
-      raise ValueError(f"WindowKernelConfig.platform must be 'gpu' or 'tpu', got {self.platform!r}")
-    if self.platform == "tpu" and self.backward == "pallas":
-      raise ValueError("WindowKernelConfig: the fused backward kernels exist for platform='gpu' only")
     for name in ("block_q", "block_k"):
       value = getattr(self, name)
       if value < 16 or value & (value - 1):
         raise ValueError(f"WindowKernelConfig.{name} must be a power of two >= 16, got {value}")
+
+
+def tileable_head_dim(head_dim: int) -> bool:
+  """The kernels' tiles (Triton, Mosaic) need a power-of-two head dim of at least 16."""
+  return head_dim >= 16 and head_dim & (head_dim - 1) == 0
 
 
 def round_up(x: int, multiple: int) -> int:

@@ -1,12 +1,13 @@
-"""The fused window forward for TPU (Pallas Mosaic TPU lowering): same function as window.py's.
+"""Window backend "pallas_tpu": the fused window forward as a Pallas Mosaic TPU kernel, the same
+function as ``triton_forward.py``'s (docs/method.md §2).
 
-EXPERIMENTAL: selected with the window backend 'pallas_tpu'; tested in Pallas interpret mode on
-CPU against the XLA window (the CI), never compiled for or run on a TPU ('auto' keeps TPU runs
-on XLA until it has been).
+EXPERIMENTAL: tested in Pallas interpret mode on CPU against the XLA window (the CI), never
+compiled for or run on a TPU ('auto' never picks an experimental entry, so TPU runs stay on
+XLA until it has been). Backward: "xla" only (``fused.xla_qkv_cotangents``).
 
 TPU kernels see one block per grid step, so the flash loop over a window's keys is the innermost
 grid axis ("arbitrary"), with the running max, sum and accumulator in VMEM scratch: initialised
-at the first key block, finished with method.md §2's joint normalisation at the last. The key
+at the first key block, finished with docs/method.md §2's joint normalisation at the last. The key
 bounds of each chunk arrive by scalar prefetch: key blocks outside [lo, hi) are skipped
 (``pl.when``) and their index map repeats the last useful block, so they cost no copy. Operands
 are head-major ([B*C, H, T, D]) so that a block's last two dims are (tokens, head dim).
@@ -24,8 +25,10 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from rehyat_jax.attention.numerics import DENOMINATOR_FLOOR
-from rehyat_jax.attention.window_kernel_common import (LOG2_E, MASK_VALUE, WindowKernelConfig,
+from rehyat_jax.attention.window.fused import xla_qkv_cotangents
+from rehyat_jax.attention.window.kernel_common import (LOG2_E, MASK_VALUE, WindowKernelConfig,
                                                        kernel_precision, pad_flat, round_up)
+from rehyat_jax.attention.window.registry import WindowBackend, WindowBackward, register_window_backend
 
 
 def _tpu_window_kernel(bounds_ref, q_ref, k_ref, v_ref, lin_num_ref, lin_den_ref, out_ref,
@@ -114,3 +117,13 @@ def tpu_window_forward(q_chunks, k_windows, v_windows, lin_num, lin_den, key_bou
     return x.reshape(b, c, tq, *x.shape[2:])
 
   return token_major(out), token_major(row_max[..., 0]), token_major(row_sum[..., 0])
+
+
+register_window_backend(WindowBackend(
+    name="pallas_tpu",
+    summary="fused Pallas Mosaic TPU forward kernel (never yet run on a TPU)",
+    forward=tpu_window_forward,
+    backwards={"xla": WindowBackward(xla_qkv_cotangents, "jax.vjp of the XLA window (scores materialised)")},
+    platforms=("tpu",),
+    experimental=True,
+))

@@ -1,26 +1,15 @@
-"""Fused backward pass of the window kernel (flash-attention-2 style): no scores in device memory.
+"""The fused backward of the window kernel (flash-attention-2 style): dq, dk, dv with no scores
+in device memory. It is the "pallas" backward of window backend "pallas" (EXPERIMENTAL: tested
+against the XLA backward in Pallas interpret mode on CPU CI, not yet compiled or timed on a GPU).
 
-The fused dq / dk / dv kernels are EXPERIMENTAL: selected with ``WindowKernelConfig(backward=
-'pallas')`` (window backend 'pallas_bwd'); tested against the XLA backward in Pallas interpret
-mode (CPU CI), not yet compiled or timed on a GPU.
+With the row-wise cotangents da, dn of ``fused.row_cotangents`` (docs/method.md §2; the chain
+rule is in ``fused.py``), c the saved row max and p_j = exp(s_j - c) recomputed from it (c is a
+stop-gradient constant, as in every form):
 
-Per query row the forward computed (method.md §2, c the row max, p_j = exp(s_j - c)):
-
-    a = sum_j p_j v_j,  n = sum_j p_j,  den = max(n + w, F n),  y = (a + u) / den
-
-with u = lin_num, w = lin_den and F = DENOMINATOR_FLOOR. Given dy, with g = 1 where the guard is
-inactive (n + w >= F n) and F otherwise:
-
-    du = da = dy / den                      dden = -(dy . y) / den
-    dn = g * dden                           dw = dden where the guard is inactive, else 0
     dv_j += p_j da,   ds_j = p_j (da . v_j + dn),   dq = scale sum_j ds_j k_j,   dk_j += scale ds_j q
 
-c is a stop-gradient constant (as in every form), so p_j is recomputed from the saved row max.
-The row-wise quantities (da, dn, du, dw) are cheap XLA (``row_cotangents``, used with every
-backward choice); two kernels recompute the scores tile by tile (``fused_qkv_cotangents``, the
-EXPERIMENTAL part): one per query block for dq (loop over the window's keys), one per key block
-for dk and dv (loop over the chunk's queries). Ties at the guard (n + w == F n exactly) take the unguarded
-branch here, where ``jnp.maximum`` would split the gradient; that set has measure zero.
+Two kernels recompute the scores tile by tile: one per query block for dq (loop over the
+window's keys), one per key block for dk and dv (loop over the chunk's queries).
 """
 
 from __future__ import annotations
@@ -33,8 +22,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from rehyat_jax.attention.numerics import DENOMINATOR_FLOOR
-from rehyat_jax.attention.window_kernel_common import (LOG2_E, MASK_VALUE, WindowKernelConfig,
+from rehyat_jax.attention.window.kernel_common import (LOG2_E, MASK_VALUE, WindowKernelConfig,
                                                        kernel_precision, pad_flat, round_up)
 
 
@@ -96,22 +84,6 @@ def _dkv_kernel(q_ref, k_ref, v_ref, da_ref, dn_ref, row_max_ref, bounds_ref, dk
   dv_ref[...] = dv.astype(dv_ref.dtype)
 
 
-def row_cotangents(out, row_sum, lin_den, cotangent):
-  """The row-wise part of the chain rule (module docstring): da (= du), dn and dw, float32.
-
-  Needs only the forward's output and n_S, so the linear branch's cotangents (all that stage-1
-  distillation needs: q, k, v are frozen there) cost O(N D) whatever computes dq, dk, dv.
-  """
-  unguarded = row_sum + lin_den >= DENOMINATOR_FLOOR * row_sum
-  den = jnp.where(unguarded, row_sum + lin_den, DENOMINATOR_FLOOR * row_sum)
-  dy = cotangent.astype(jnp.float32)
-  da = dy / den[..., None]
-  dden = -jnp.sum(dy * out.astype(jnp.float32), axis=-1) / den
-  dn = jnp.where(unguarded, dden, DENOMINATOR_FLOOR * dden)
-  dlin_den = jnp.where(unguarded, dden, 0.0)
-  return da, dn, dlin_den
-
-
 def fused_qkv_cotangents(q_chunks, k_windows, v_windows, key_bounds, row_max, da, dn,
                          config: WindowKernelConfig, interpret: bool):
   """dq, dk, dv from the row-wise cotangents, recomputing the scores tile by tile."""
@@ -157,3 +129,12 @@ def fused_qkv_cotangents(q_chunks, k_windows, v_windows, key_bounds, row_max, da
 
   unflat = lambda x, length: x[:, :length].reshape(b, c, length, *x.shape[2:])
   return unflat(dq, tq), unflat(dk, tk), unflat(dv, tk)
+
+
+def pallas_qkv_cotangents(res, cotangent, da, dn, *, config: WindowKernelConfig, interpret: bool,
+                          window_chunks_per_step: int | None):
+  """Backward "pallas" of window backend "pallas" (the ``WindowBackward.fn`` protocol of
+  ``fused.py``): ``fused_qkv_cotangents`` from the forward's residuals."""
+  del cotangent, window_chunks_per_step  # the kernels need only da, dn and the saved row max
+  return fused_qkv_cotangents(res.q_chunks, res.k_windows, res.v_windows, res.key_bounds,
+                              res.row_max, da, dn, config, interpret)
