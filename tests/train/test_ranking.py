@@ -47,11 +47,11 @@ def test_step_flops_estimate_matches_hand_count():
   from rehyat_jax.models.config import WAN_T2V_1_3B
   from rehyat_jax.train.metrics import estimate_step_flops
   # Wan2.1-1.3B, 21 frames x 1560 tokens: linear layers alone are 2 x 1.33e9 weights x 32,760 tokens.
-  flops = estimate_step_flops(WAN_T2V_1_3B, batch=1, frames=21, tokens_per_frame=1560, stage="finetune",
-                              window_frames=4)
+  flops = estimate_step_flops(WAN_T2V_1_3B, batch=1, frames=21, tokens_per_frame=1560, teacher_softmax=False,
+                              backward=True, window_frames=4)
   linear = 2 * 32760 * 30 * (6 * 1536**2 + 2 * 1536 * 8960)
   assert linear * 3 < flops < linear * 3 * 1.5
-  distill = estimate_step_flops(WAN_T2V_1_3B, batch=1, frames=21, tokens_per_frame=1560, stage="distill",
-                                window_frames=4)
+  distill = estimate_step_flops(WAN_T2V_1_3B, batch=1, frames=21, tokens_per_frame=1560, teacher_softmax=True,
+                                backward=False, window_frames=4)
   full_attention = 4 * 32760 * 32760 * 1536 * 30
   assert distill > full_attention
