@@ -17,7 +17,7 @@ from diffusers import WanTransformer3DModel
 
 from rehyat_jax.models.config import WanConfig
 
-# The tiny T2V transformer of diffusers' own tests (wan21-reference.md §4), with a smaller freq_dim.
+# The tiny T2V transformer of diffusers' own tests, with a smaller freq_dim.
 TINY_DIFFUSERS_WAN_KWARGS: dict[str, Any] = dict(
     patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,
     text_dim=16, freq_dim=32, ffn_dim=32, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",

@@ -29,13 +29,14 @@ from rehyat_jax.attention.recurrent import (RecurrentState, init_recurrent_state
                                             recurrent_hybrid_attention)
 from rehyat_jax.attention.reference import reference_hybrid_attention
 from rehyat_jax.attention.softmax import SOFTMAX_BACKENDS, softmax_attention
-from rehyat_jax.attention.window import (WINDOW_BACKENDS, WindowKernelConfig, check_window_settings,
-                                         register_window_backend, window_attention)
+from rehyat_jax.attention.window import (WINDOW_BACKENDS, WindowKernelConfig, check_window_chunks_per_step,
+                                         check_window_settings, register_window_backend, window_attention)
 
 __all__ = [
     "ChunkGeometry", "DENOMINATOR_FLOOR", "FEATURE_MAPS", "FORMS", "FeatureMapConfig", "PHI_LIMIT",
     "PhiParam", "RecurrentState", "SOFTMAX_BACKENDS", "WINDOW_BACKENDS", "WindowKernelConfig",
-    "build_feature_map", "check_window_settings", "hybrid_attention", "init_recurrent_state",
+    "build_feature_map", "check_window_chunks_per_step", "check_window_settings", "hybrid_attention",
+    "init_recurrent_state",
     "joint_normalise", "make_geometry", "parallel_hybrid_attention", "recurrent_chunk_step",
     "recurrent_hybrid_attention", "reference_hybrid_attention", "register_feature_map",
     "register_window_backend", "softmax_attention", "validate_hybrid_inputs", "window_attention",

@@ -23,6 +23,8 @@ def parse_converted_blocks(value: Any) -> str | int | tuple[int, ...]:
   """'all' | a count | block ids, given as a value or as text ('15', '1,5,7', '[1, 5]')."""
   if isinstance(value, str) and value != "all":
     text = value.strip().strip("[]()")
+    if not text:
+      raise ValueError("rehyat.converted_blocks is empty text; use 'all', a count (0 converts none) or block ids")
     if re.fullmatch(r"\d+", text):
       return int(text)
     try:

@@ -1,7 +1,7 @@
 """Numerics shared by every hybrid form: the joint normalisation of docs/method.md §2, its guards,
 and the matmul precision.
 
-All three forms (reference, parallel, scan) end in ``joint_normalise`` and clamp the feature
+All three forms (reference, parallel, recurrent) end in ``joint_normalise`` and clamp the feature
 maps with ``clamp_features``, so they agree exactly on the guarded regime as well.
 
 **Decision — denominator guard.** With c the row max over S_t, n_S >= 1, but phi_q . z_L is

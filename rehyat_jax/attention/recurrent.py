@@ -80,7 +80,7 @@ def recurrent_chunk_step(state: RecurrentState, q: jax.Array, k: jax.Array, v: j
   """One chunk of causal ReHyAt. q, k, v [B, Tc*HW, H, D], phi [B, Tc*HW, H, D'], any Tc >= 1.
 
   The softmax window [cache ; chunk] and the joint normalisation run through
-  ``window.window_attention`` with ``window_backend`` ('auto': the fused kernel on one GPU) and
+  ``window.window_attention`` with ``window_backend`` ('auto': ``resolve_window_backend``) and
   ``window_backward``.
 
   Returns (state after the chunk, output [B, Tc*HW, H, D] in q.dtype).

@@ -9,7 +9,7 @@ Two file formats open into it:
   ``safetensors`` package because its numpy framework cannot return bfloat16 tensors (numpy has no bfloat16 type:
   ``safe_open(f, "np").get_tensor`` raises ``TypeError: data type 'bfloat16' not understood``), and the released
   Wan2.1 weights are often bf16; it also copies every tensor it returns. The format is small and fixed
-  (https://github.com/huggingface/safetensors): an 8-byte little-endian header length N, N bytes of JSON
+  (the safetensors library's documented format): an 8-byte little-endian header length N, N bytes of JSON
   ``{key: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}``, then the little-endian
   tensor bytes, offsets counted from the end of the header. bfloat16 bytes are viewed as ``ml_dtypes.bfloat16``.
 - a torch pickle (``open_torch_source``: .pth / .pt / .bin / .ckpt; needs torch, imported only then, and
@@ -53,7 +53,6 @@ SAFETENSORS_DTYPES: dict[str, np.dtype] = {
     "U8": np.dtype("u1"),
     "BOOL": np.dtype("?"),
 }
-DTYPE_NAMES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
 # The dtypes a converter accepts as weights (safetensors names; torch files use the same names for them).
 SOURCE_FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16"})
 

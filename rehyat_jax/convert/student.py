@@ -104,8 +104,7 @@ def export_student(adapters, directory: str | os.PathLike, *, student: RehyatCon
   tree = nnx.to_pure_dict(adapter_state(adapters))
   if not jax.tree_util.tree_leaves(tree):
     raise StudentExportError("export_student: the model has no adapter parameters (is it a ReHyAt student?)")
-  canonical = model_to_canonical_layout(tree, scan_layers=scan_layers, num_layers=teacher_config.num_layers) \
-      if scan_layers else _stack_blocks(tree, teacher_config.num_layers)
+  canonical = model_to_canonical_layout(tree, scan_layers=scan_layers, num_layers=teacher_config.num_layers)
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(directory / ADAPTERS_DIR, canonical, force=True)
   checkpointer.wait_until_finished()
@@ -115,13 +114,6 @@ def export_student(adapters, directory: str | os.PathLike, *, student: RehyatCon
               "adapters": len(jax.tree_util.tree_leaves(canonical)), "written_by": written_by or {}}
     (directory / STUDENT_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
   return directory
-
-
-def _stack_blocks(tree: dict, num_layers: int) -> dict:
-  out = dict(tree)
-  per_layer = [tree["blocks"][i] for i in range(num_layers)]
-  out["blocks"] = jax.tree_util.tree_map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *per_layer)
-  return out
 
 
 def read_student_record(directory: str | os.PathLike) -> dict:
@@ -180,14 +172,17 @@ def restore_adapters(directory: str | os.PathLike, model: nnx.Module) -> None:
   checkpointer = ocp.StandardCheckpointer()
   scan_layers, num_layers = model.run.scan_layers, model.cfg.num_layers
   if (directory / ADAPTERS_DIR).exists():
-    canonical_like = current if scan_layers else _stack_blocks(current, num_layers)
+    canonical_like = model_to_canonical_layout(current, scan_layers=scan_layers, num_layers=num_layers)
     try:
       values = checkpointer.restore(directory / ADAPTERS_DIR, abstract(canonical_like))
     except (ValueError, KeyError) as e:
       raise StudentExportError(f"student export {directory}: adapters do not fit this model ({e})") from None
     values = canonical_to_model_layout(values, scan_layers=scan_layers, num_layers=num_layers)
   elif (directory / LEGACY_PHI_DIR).exists():
-    values = checkpointer.restore(directory / LEGACY_PHI_DIR, abstract(current))
+    try:  # legacy exports hold the layout of the model that wrote them
+      values = checkpointer.restore(directory / LEGACY_PHI_DIR, abstract(current))
+    except (ValueError, KeyError) as e:
+      raise StudentExportError(f"legacy phi export {directory}: phi do not fit this model ({e})") from None
   else:
     raise StudentExportError(f"{directory} holds neither {ADAPTERS_DIR}/ nor a legacy {LEGACY_PHI_DIR}/ folder")
   nnx.replace_by_pure_dict(target, values)

@@ -8,7 +8,7 @@ Two key layouts, each an explicit ``KeyTemplates`` table:
   (transformers saves only ``shared.weight``); either name is accepted, and when both are present the tied copy
   is not read.
 - ``wan``: Wan's own ``T5Encoder`` state dict, ``models_t5_umt5-xxl-enc-bf16.pth`` of the Wan2.1 release
-  (names from ``wan/modules/t5.py``, which loads the file with a strict ``load_state_dict``): gate.0 is
+  (names from the original Wan2.1 release's ``wan/modules/t5.py``, which loads the file with a strict ``load_state_dict``): gate.0 is
   transformers' wi_0 (the GELU branch), fc1 is wi_1 (the linear branch), fc2 is wo.
 
 Either layout may come as safetensors or as a torch pickle. What is umT5's own: finding the weights in a

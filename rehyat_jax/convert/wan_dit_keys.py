@@ -3,7 +3,7 @@
 - ``ORIGINAL`` (``Wan-Video/Wan2.1``): every original-layout key -> (path in the scanned JAX tree, transform);
   block tensors fill row i of leaves that lead with [num_layers].
 - ``DIFFUSERS`` (``WanTransformer3DModel``): the same rows under diffusers names, composed from the bijective
-  rename diffusers key -> original key (wan21-reference.md §2.3), which ``diffusers_to_original_keys`` expands.
+  rename diffusers key -> original key (diffusers' ``WanTransformer3DModel`` names vs the original ``WanModel``'s), which ``diffusers_to_original_keys`` expands.
 
 Shapes have one source of truth, ``target_shapes(cfg)``; ``expected_source_keys`` derives the torch shapes.
 """

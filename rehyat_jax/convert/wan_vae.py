@@ -1,7 +1,7 @@
 """Converting the Wan2.1 VAE into a converted checkpoint, and loading it as a ``WanVAE``.
 
 Sources: the diffusers ``AutoencoderKLWan`` safetensors (``vae/diffusion_pytorch_model.safetensors``, with its
-config.json) or the original ``Wan2.1_VAE.pth`` (``wan/modules/vae.py`` ``WanVAE_`` state dict; reading it needs
+config.json) or the original ``Wan2.1_VAE.pth`` (the original Wan2.1 release's ``wan/modules/vae.py`` ``WanVAE_`` state dict; reading it needs
 torch, imported only then). What is the VAE's own: the key table, the layout probes and the config (diffusers
 config.json, else inferred from the shapes); validation, streaming and writing are the core's.
 

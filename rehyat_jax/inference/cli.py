@@ -94,15 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def runtime_from_args(args: argparse.Namespace) -> RuntimeConfig:
-  """How the DiT runs (never what it is): precision, hybrid form, window backend."""
-  for flag, value, choices in (("--hybrid-form", args.hybrid_form, FORMS),
-                               ("--window-backend", args.window_backend, WINDOW_CHOICES)):
-    if value not in choices:
-      raise GenerationError(f"unknown {flag} {value!r}; choose one of {tuple(choices)}")
+  """How the DiT runs (never what it is): precision, hybrid form, window backend (RuntimeConfig checks them)."""
   try:
     return RuntimeConfig(precision=args.precision, hybrid_form=args.hybrid_form, window_backend=args.window_backend)
   except ValueError as e:
-    raise GenerationError(str(e)) from None
+    raise GenerationError(f"--precision / --hybrid-form / --window-backend: {e}") from None
 
 
 def validate_args(args: argparse.Namespace) -> tuple[list[str], RuntimeConfig]:

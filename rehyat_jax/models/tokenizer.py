@@ -1,6 +1,6 @@
 """The umT5 tokenizer as Wan2.1 applies it: clean the prompt, SentencePiece-encode, append EOS, pad to 512.
 
-Wan (``wan/modules/tokenizers.py`` ``HuggingfaceTokenizer(clean='whitespace', seq_len=512)``) calls the
+Wan (the original release's ``wan/modules/tokenizers.py`` ``HuggingfaceTokenizer(clean='whitespace', seq_len=512)``) calls the
 transformers T5 tokenizer of ``google/umt5-xxl`` with ``padding='max_length', truncation=True,
 max_length=512`` after cleaning each prompt with ``whitespace_clean(basic_clean(text))``:
 

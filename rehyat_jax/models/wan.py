@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rehyat_jax.attention import (FORMS, SOFTMAX_BACKENDS, RecurrentState, build_feature_map,
-                                  check_window_settings, hybrid_attention, init_recurrent_state,
+                                  check_window_chunks_per_step, check_window_settings, hybrid_attention, init_recurrent_state,
                                   recurrent_chunk_step, softmax_attention)
 from rehyat_jax.attention.config import RehyatConfig
 from rehyat_jax.models import rope as rope_lib
@@ -67,9 +67,7 @@ class RuntimeConfig:
     if self.hybrid_form not in FORMS:
       raise ValueError(f"unknown hybrid_form {self.hybrid_form!r}; choose one of {FORMS}")
     check_window_settings(self.window_backend, self.window_backward)
-    steps = self.window_chunks_per_step
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-      raise ValueError(f"window_chunks_per_step must be None or an int >= 1, got {steps!r}")
+    check_window_chunks_per_step(self.window_chunks_per_step)
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"unknown remat policy {self.remat!r}; choose one of {sorted(REMAT_POLICIES)}")
 
@@ -106,7 +104,7 @@ class SelfAttention(nnx.Module):
 
   With a ``RehyatConfig`` the module also owns phi_q, phi_k and can run the hybrid instead of
   full softmax (``converted``), or one chunk of the causal RNN (``recurrent_step``). ``qkv``,
-  ``softmax``, ``hybrid`` and ``o`` are public so an attention hook (``WanDiT.forward_with_hook``)
+  ``softmax``, ``hybrid`` and ``output`` are public so an attention hook (``WanDiT.forward_with_hook``)
   can compose them differently, e.g. stage-1 distillation runs both branches on one q, k, v.
   """
 
@@ -254,7 +252,7 @@ class WanBlock(nnx.Module):
     attend = lambda h: (self.self_attn(h, rope, geometry, converted), None)
     return self._residual(x, e0, context, attend)[0]
 
-  def hooked(self, x, e0, context, rope, geometry, converted, hook: "AttentionHook"):
+  def hooked(self, x, e0, context, rope, geometry, converted, hook: AttentionHook):
     """(x after the block, the hook's aux) with self-attention computed by ``hook``."""
     attend = lambda h: hook(self.self_attn, h, rope, geometry, converted)
     return self._residual(x, e0, context, attend)
@@ -355,7 +353,7 @@ class WanDiT(nnx.Module):
     return rope_lib.rope_tables(self.cfg.head_dim, (geometry.frames, geometry.height, geometry.width),
                                 theta=self.cfg.rope_theta)
 
-  def run_blocks(self, x, e0, text, rope, geometry, *, hook: "AttentionHook | None" = None):
+  def run_blocks(self, x, e0, text, rope, geometry, *, hook: AttentionHook | None = None):
     """All blocks; with an attention ``hook`` returns (x, the hook's aux stacked over layers)."""
     policy = REMAT_POLICIES[self.run.remat]
     flags = self.converted
@@ -394,7 +392,7 @@ class WanDiT(nnx.Module):
     return self.unpatchify(self.head(x, e), geometry)
 
   def forward_with_hook(self, latents: jnp.ndarray, timesteps: jnp.ndarray, context: jnp.ndarray,
-                        hook: "AttentionHook") -> tuple[jnp.ndarray, object]:
+                        hook: AttentionHook) -> tuple[jnp.ndarray, object]:
     """``__call__`` with every block's self-attention computed by ``hook``.
 
     ``hook(self_attn, x, rope, geometry, converted) -> (attention output [B, N, dim], aux)`` gets

@@ -42,7 +42,7 @@ VIDEO_CHANNELS = 3
 RMS_NORM_EPS = 1e-12  # torch.nn.functional.normalize's floor on the norm
 LOGVAR_RANGE = (-30.0, 20.0)  # diffusers' DiagonalGaussianDistribution clamp
 
-# Published per-channel statistics of the Wan2.1 latent space (wan21-reference.md §3.4).
+# Published per-channel statistics of the Wan2.1 latent space (the original release's ``WanVAE`` mean / std, also in diffusers' ``AutoencoderKLWan`` config).
 WAN21_LATENTS_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508, 0.4134, -0.0715,
                       0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921)
 WAN21_LATENTS_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743, 3.2687, 2.1526, 2.8652,

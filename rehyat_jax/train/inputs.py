@@ -99,7 +99,7 @@ class TrajectoryInputs(DatasetInputs):
 
   def __init__(self, cfg, mesh, model_cfg):
     super().__init__(cfg, mesh, model_cfg)
-    spec = batch_sharding(mesh)
+    spec = self.batch_shardings["latents"]
     self.model_cfg = model_cfg
     self.trajectories = TeacherTrajectories(lambda: self.next_data()["text"], self.global_latent_shape,
                                             num_steps=cfg.data.trajectory_steps, shift=cfg.data.shift,
@@ -122,7 +122,7 @@ class TrajectoryInputs(DatasetInputs):
   def arrays_like(self, meta: dict) -> dict:
     if not meta.get("trajectory", {}).get("active"):
       return {}
-    spec = batch_sharding(self.mesh)
+    spec = self.feedback_sharding
     text_shape = (self.global_latent_shape[0], self.model_cfg.text_len, self.model_cfg.text_dim)
     return {"x": jax.ShapeDtypeStruct(self.global_latent_shape, jnp.float32, sharding=spec),
             "text": jax.ShapeDtypeStruct(text_shape, jnp.float32, sharding=spec)}

@@ -16,8 +16,8 @@ from flax import nnx
 from rehyat_jax import attention
 from rehyat_jax.attention import (FEATURE_MAPS, WINDOW_BACKENDS, FeatureMapConfig, PhiParam, build_feature_map,
                                   check_window_settings, register_feature_map, register_window_backend)
-from rehyat_jax.attention.window import (WindowBackend, WindowBackward, effective_backward, resolve_window_backend,
-                                         window_backend_names, window_backward_names)
+from rehyat_jax.attention.window import (WindowBackend, WindowBackward, auto_backward_names, effective_backward, resolve_window_backend,
+                                         window_backend_names)
 
 PLATFORMS = ("cpu", "gpu", "tpu")
 HEAD_DIMS = (8, 16, 24, 64, 128)
@@ -80,8 +80,17 @@ def test_valid_settings_pass():
   for name, entry in WINDOW_BACKENDS.items():
     for backward in entry.backwards:
       check_window_settings(name, backward)
-  for backward in window_backward_names():
+  for backward in auto_backward_names():
     check_window_settings("auto", backward)
+
+
+def test_auto_refuses_experimental_backwards():
+  experimental = [name for entry in WINDOW_BACKENDS.values() for name, b in entry.backwards.items() if b.experimental]
+  assert "pallas" in experimental  # the fused backward kernels
+  for backward in experimental:
+    assert backward not in auto_backward_names()
+    with pytest.raises(ValueError, match=f"window_backward '{backward}' is experimental.*name the backend"):
+      check_window_settings("auto", backward)
 
 
 def test_unknown_backend_error_names_the_valid_ones():
@@ -96,7 +105,7 @@ def test_unknown_backend_error_names_the_valid_ones():
 
 @pytest.mark.parametrize("window_backend", window_backend_names())
 def test_unknown_backward_error_names_the_valid_ones(window_backend):
-  offered = (window_backward_names() if window_backend == "auto"
+  offered = (auto_backward_names() if window_backend == "auto"
              else tuple(WINDOW_BACKENDS[window_backend].backwards))
   with pytest.raises(ValueError) as error:
     check_window_settings(window_backend, "flash")
@@ -105,11 +114,11 @@ def test_unknown_backward_error_names_the_valid_ones(window_backend):
     assert repr(backward) in str(error.value)
 
 
-def test_auto_falls_back_to_the_resolved_entry_default_backward():
-  for entry in WINDOW_BACKENDS.values():
-    for backward in window_backward_names():
-      effective = effective_backward(entry, backward)
-      assert effective == (backward if backward in entry.backwards else entry.default_backward)
+def test_a_backward_the_resolved_entry_lacks_falls_back_to_its_default():
+  assert effective_backward(WINDOW_BACKENDS["pallas"], "pallas") == "pallas"
+  assert effective_backward(WINDOW_BACKENDS["pallas"], "xla") == "xla"
+  assert effective_backward(WINDOW_BACKENDS["pallas_tpu"], "pallas") == "xla"
+  assert effective_backward(WINDOW_BACKENDS["xla"], "pallas") == "xla"
 
 
 def test_register_rejects_taken_and_reserved_names():

@@ -42,6 +42,13 @@ def test_transforms_undo_each_other(transform, target, source):
   destination = np.empty(target, np.float32)
   key_rows.copy_into(destination, tensor, transform)  # linear: more rows than one copy block
   np.testing.assert_array_equal(destination, key_rows.to_target_layout(tensor, transform))
+  # Independent of the implementation: torch's axis order spelled out per transform.
+  expected = {"linear": lambda t: np.einsum("oi->io", t),                 # [out, in] -> [in, out]
+              "conv3d": lambda t: np.einsum("oithw->thwio", t),           # [O, I, T, H, W] -> [T, H, W, I, O]
+              "conv2d": lambda t: np.einsum("oihw->hwio", t),
+              "norm_video": lambda t: t[:, 0, 0, 0], "norm_image": lambda t: t[:, 0, 0],
+              "copy": lambda t: t}[transform](tensor)
+  np.testing.assert_array_equal(destination, expected)
 
 
 TEMPLATES = KeyTemplates(

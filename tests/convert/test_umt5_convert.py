@@ -2,7 +2,7 @@
 
 The Wan-layout state dicts here are built from the transformers model's module attributes (not from the
 converter's key tables), so agreement checks the tables independently. Names follow Wan's
-``wan/modules/t5.py`` (``T5Encoder`` with ``shared_pos=False``, as ``umt5_xxl`` builds it).
+the original Wan2.1 release's ``wan/modules/t5.py`` (``T5Encoder`` with ``shared_pos=False``, as ``umt5_xxl`` builds it).
 """
 
 from __future__ import annotations

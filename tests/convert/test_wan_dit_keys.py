@@ -1,4 +1,4 @@
-"""The key table: counts, shapes and coverage against wan21-reference.md §2.3, and the diffusers rename."""
+"""The key table: counts, shapes and coverage against the released checkpoints' key sets, and the diffusers rename."""
 
 from __future__ import annotations
 

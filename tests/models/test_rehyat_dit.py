@@ -122,6 +122,8 @@ def test_rehyat_config_errors_name_the_field():
            rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="converted_blocks"):
     RehyatConfig(converted_blocks="1,x")
+  with pytest.raises(ValueError, match="converted_blocks is empty text"):
+    RehyatConfig(converted_blocks=" ")
   assert RehyatConfig(converted_blocks="1, 5").converted_blocks == (1, 5)
   assert RehyatConfig(converted_blocks="15").converted_blocks == 15
   assert RehyatConfig(converted_blocks=15).converted_mask(30).count(True) == 15

@@ -37,7 +37,7 @@ from rehyat_jax.attention.window import mosaic_tpu as _mosaic_tpu  # noqa: F401
 from rehyat_jax.attention.window.fused import run_kernel_backend
 from rehyat_jax.attention.window.kernel_common import WindowKernelConfig, tileable_head_dim
 from rehyat_jax.attention.window.registry import (AUTO, WINDOW_BACKENDS, WindowBackend, WindowBackward,
-                                                  check_window_settings, effective_backward,
+                                                  auto_backward_names, check_window_settings, effective_backward,
                                                   register_window_backend, resolve_window_backend,
                                                   window_backend_names, window_backward_names)
 
@@ -82,7 +82,7 @@ def window_attention(q_chunks: jax.Array, k_windows: jax.Array, v_windows: jax.A
 
 __all__ = [
     "AUTO", "WINDOW_BACKENDS", "WindowBackend", "WindowBackward", "WindowKernelConfig",
-    "check_window_chunks_per_step", "check_window_settings", "effective_backward",
+    "auto_backward_names", "check_window_chunks_per_step", "check_window_settings", "effective_backward",
     "register_window_backend", "resolve_window_backend", "tileable_head_dim", "window_attention",
     "window_backend_names", "window_backward_names",
 ]

@@ -96,18 +96,30 @@ def window_backward_names() -> tuple[str, ...]:
   return tuple(dict.fromkeys(b for entry in WINDOW_BACKENDS.values() for b in entry.backwards))
 
 
+def auto_backward_names() -> tuple[str, ...]:
+  """The backwards 'auto' accepts: every non-experimental backward some entry offers."""
+  return tuple(dict.fromkeys(name for entry in WINDOW_BACKENDS.values() for name, backward in entry.backwards.items()
+                             if not backward.experimental))
+
+
 def check_window_settings(window_backend: str, window_backward: str) -> None:
   """ValueError naming the bad value and the valid ones, else None.
 
   ``window_backend`` must be 'auto' or a registered name. ``window_backward`` must be offered by
-  the named backend. **Decision:** with 'auto' any backward offered by some entry is accepted
-  (the backend is only known per call: platform, head dim, mesh), and when the resolved backend
-  does not offer it, that backend's default backward runs instead (``effective_backward``) —
-  e.g. 'auto' + 'pallas' is the fused backward on GPU and plain XLA autodiff on CPU.
+  the named backend. **Decision:** 'auto' never runs experimental code, so with 'auto' only the
+  non-experimental backwards are accepted (``auto_backward_names``; an experimental one must be
+  asked for together with the backend that offers it). The backend is only known per call
+  (platform, head dim, mesh): when the resolved backend does not offer the requested backward,
+  its default backward runs instead (``effective_backward``).
   """
   if window_backend not in WINDOW_BACKENDS and window_backend != AUTO:
     raise ValueError(f"unknown window_backend {window_backend!r}; choose one of {window_backend_names()}")
-  offered = window_backward_names() if window_backend == AUTO else tuple(WINDOW_BACKENDS[window_backend].backwards)
+  if window_backend == AUTO and window_backward not in auto_backward_names():
+    owners = [name for name, entry in WINDOW_BACKENDS.items() if window_backward in entry.backwards]
+    if owners:
+      raise ValueError(f"window_backward {window_backward!r} is experimental: window_backend 'auto' never picks "
+                       f"experimental code; name the backend that offers it ({' or '.join(map(repr, owners))})")
+  offered = auto_backward_names() if window_backend == AUTO else tuple(WINDOW_BACKENDS[window_backend].backwards)
   if window_backward not in offered:
     raise ValueError(f"window_backward {window_backward!r} is not offered by window_backend "
                      f"{window_backend!r}; choose one of {offered}")
@@ -124,8 +136,8 @@ def resolve_window_backend(window_backend: str, head_dim: int) -> str:
   forces it. ValueError for an unknown name.
   """
   if window_backend != AUTO:
-    if window_backend not in WINDOW_BACKENDS:
-      raise ValueError(f"unknown window_backend {window_backend!r}; choose one of {window_backend_names()}")
+    check_window_settings(window_backend, WINDOW_BACKENDS[window_backend].default_backward
+                          if window_backend in WINDOW_BACKENDS else "")
     return window_backend
   sharded_or_single = jax.device_count() in (1, context_mesh_size())
   if sharded_or_single and tileable_head_dim(head_dim):

@@ -131,11 +131,10 @@ class DistillStage(Stage):
 def held_out_report(run: RunContext) -> dict:
   """Per-block relative attention error on held-out batches: trained phi vs phi = 0."""
   cfg = run.cfg
-  stage = DistillStage()
 
   def block_stats(trainable, frozen, batch, key):
     inputs = run.inputs.prepare_with_key(batch, key)
-    aux = stage.loss(trainable, frozen, run.graphdef, inputs, run.converted)[1]
+    aux = distill_loss(trainable, frozen, run.graphdef, inputs, run.converted)[1]
     return {"block_l1": aux["block_l1"], "block_teacher_abs": aux["block_teacher_abs"]}
 
   evaluate = jax.jit(block_stats, out_shardings=replicated(run.mesh))
