@@ -105,6 +105,15 @@ class TensorSource:
   def read(self, key: str) -> np.ndarray:
     return self.reader(self.tensors[key])
 
+  def read_config_json(self) -> dict | None:
+    """The parsed config file next to the weights (None when there is none); CheckpointError if unreadable."""
+    if self.config_path is None:
+      return None
+    try:
+      return json.loads(self.config_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+      raise CheckpointError(f"{self.config_path}: unreadable config ({e})") from e
+
   def file_order(self, keys: Iterable[str]) -> list[str]:
     """``keys`` in the order that reads the files sequentially."""
     return sorted(keys, key=lambda key: (str(self.tensors[key].file), self.tensors[key].offset))

@@ -18,7 +18,6 @@ config) and the tied embedding; validation, streaming and writing are the core's
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -216,11 +215,8 @@ def detect_config(source: TensorSource, layout: Layout, progress: Progress = Non
   names = key_rows.canonical_names(source.tensors, _templates(layout).aliases)
   fields = config_fields_from_shapes({key: source.shapes[name] for key, name in names.items()}, layout)
   fields.setdefault("relative_attention_max_distance", DEFAULT_MAX_DISTANCE)
-  if source.config_path is not None:
-    try:
-      json_config = json.loads(source.config_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-      raise CheckpointError(f"{source.config_path}: unreadable config ({e})") from e
+  json_config = source.read_config_json()
+  if json_config is not None:
     json_fields = config_fields_from_json(json_config, source.config_path)
     if not json_fields:
       report(progress, f"ignoring {source.config_path}: not a umT5 config")

@@ -8,7 +8,6 @@ sharded set or a directory (fp32 / bf16 / fp16). ``read_converted`` / ``restore_
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -121,11 +120,8 @@ def detect_config(source: TensorSource, layout: Layout, *, num_heads: int | None
                   progress: Progress = None) -> WanConfig:
   """The WanConfig of ``source``: tensor shapes, overridden by config.json fields, overridden by ``num_heads``."""
   fields = config_fields_from_shapes(to_original_keys(source.shapes, layout))
-  if source.config_path is not None:
-    try:
-      json_config = json.loads(source.config_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-      raise CheckpointError(f"{source.config_path}: unreadable config ({e})") from e
+  json_config = source.read_config_json()
+  if json_config is not None:
     json_fields = config_fields_from_json(json_config, source.config_path)
     if not json_fields:
       report(progress, f"ignoring {source.config_path}: not a Wan2.1 DiT config")

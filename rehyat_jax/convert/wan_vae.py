@@ -13,7 +13,6 @@ the decoder's residual blocks and upsamplers in one flat list, which the walk co
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from pathlib import Path
@@ -236,11 +235,8 @@ def config_from_diffusers_json(config: dict[str, Any], path: Path | str) -> WanV
 
 def detect_vae_config(source: TensorSource, layout: Layout) -> WanVAEConfig:
   """config.json next to a diffusers checkpoint when present, else the shapes."""
-  if layout == "diffusers" and source.config_path is not None:
-    try:
-      config = json.loads(source.config_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-      raise CheckpointError(f"{source.config_path}: unreadable config ({e})") from e
+  config = source.read_config_json() if layout == "diffusers" else None
+  if config is not None:
     return config_from_diffusers_json(config, source.config_path)
   return infer_vae_config(source.shapes, layout)
 
