@@ -4,15 +4,19 @@ For each WindowKernelConfig in the grid: compile ``window_attention(window_backe
 Wan2.1-1.3B head shapes, check it against the XLA backend on the same random inputs (relative
 error max|diff| / max|ref|, non-zero linear terms so the epilogue is exercised), and time the
 forward (median of --reps). Prints one table sorted by time; a config that fails to compile or
-run is listed with its error.
+run is listed with its error. ``--backward`` sweeps the fused backward kernels instead (dq and
+dk/dv of ``triton_backward.fused_qkv_cotangents`` from the same row-wise cotangents), checked
+against ``jax.vjp`` of the XLA window.
 
   python bench/tune_window_kernel.py --frames 21
+  python bench/tune_window_kernel.py --frames 21 --backward
   python bench/tune_window_kernel.py --tiny     # CPU interpret-mode smoke run
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import sys
 
@@ -22,7 +26,10 @@ import numpy as np
 
 from rehyat_jax.attention.geometry import make_geometry
 from rehyat_jax.attention.parallel import window_operands
-from rehyat_jax.attention.window import WindowKernelConfig, window_attention
+from rehyat_jax.attention.window import BackwardTiles, WindowKernelConfig, window_attention
+from rehyat_jax.attention.window.fused import row_cotangents
+from rehyat_jax.attention.window.triton_backward import fused_qkv_cotangents
+from rehyat_jax.attention.window.triton_forward import triton_window_forward
 from bench_attention import median_ms  # bench/ (this script's directory) is on sys.path
 
 
@@ -36,6 +43,33 @@ def make_inputs(frames: int, args: argparse.Namespace):
   lin_num = jax.random.normal(keys[3], q_chunks.shape, jnp.float32)
   lin_den = jax.random.uniform(keys[4], q_chunks.shape[:-1], jnp.float32, 0.0, 50.0)
   return geometry, (q_chunks, k_windows, v_windows, lin_num, lin_den)
+
+
+def backward_cases(inputs, bounds):
+  """(XLA dq/dk/dv, (kernel, tiles) -> fused dq or dk/dv, inputs) from the same row-wise cotangents.
+
+  Each fused backward kernel is timed alone: its tiles are set to the candidate, the other
+  kernel's are the fixed ``BackwardTiles`` of the default config, and the forward's residuals
+  are computed once, outside the timed function.
+  """
+  q_chunks, k_windows, v_windows, lin_num, lin_den = inputs
+  cotangent = jax.random.normal(jax.random.key(7), q_chunks.shape, q_chunks.dtype)
+  interpret = jax.default_backend() != "gpu"  # --tiny on a CPU
+  out, row_max, row_sum = jax.jit(lambda q, k, v: triton_window_forward(
+      q, k, v, lin_num, lin_den, bounds, WindowKernelConfig(), interpret))(q_chunks, k_windows, v_windows)
+  da, dn, _ = row_cotangents(out, row_sum, lin_den, cotangent)
+
+  def xla(q, k, v, dy):
+    _, vjp = jax.vjp(lambda q, k, v: window_attention(q, k, v, lin_num, lin_den, bounds, window_backend="xla"),
+                     q, k, v)
+    return vjp(dy)
+
+  def fused_for(kernel, tiles):
+    config = dataclasses.replace(WindowKernelConfig(), **{kernel: tiles})
+    pick = (lambda g: g[0]) if kernel == "dq" else (lambda g: g[1:])
+    return jax.jit(lambda q, k, v, dy: pick(fused_qkv_cotangents(q, k, v, bounds, row_max, da, dn,
+                                                                 config, interpret)))
+  return jax.jit(xla), fused_for, (q_chunks, k_windows, v_windows, cotangent)
 
 
 def main(argv: list[str]) -> None:
@@ -52,6 +86,11 @@ def main(argv: list[str]) -> None:
   p.add_argument("--num-warps", type=int, nargs="+", default=[4, 8])
   p.add_argument("--num-stages", type=int, nargs="+", default=[1, 2, 3])
   p.add_argument("--reps", type=int, default=20)
+  p.add_argument("--backward", action="store_true", help="sweep the fused backward kernels")
+  p.add_argument("--kernels", nargs="+", default=["dq", "dkv"], choices=["dq", "dkv"],
+                 help="with --backward: which backward kernels to sweep")
+  p.add_argument("--tiles", nargs="+", default=None, type=lambda t: tuple(map(int, t.split(","))),
+                 help="with --backward: explicit BLOCK_Q,BLOCK_K,WARPS,STAGES tuples instead of the grid")
   p.add_argument("--tiny", action="store_true")
   args = p.parse_args(argv)
   if args.tiny:
@@ -68,33 +107,64 @@ def main(argv: list[str]) -> None:
         (min((t + 1) * geometry.chunk_frames, frames) - t * geometry.chunk_frames)
         * (geometry.softmax_frames(t)[1] - geometry.softmax_frames(t)[0])
         for t in range(geometry.num_chunks)) * args.tokens_per_frame ** 2
-    xla = jax.jit(lambda *x: window_attention(*x, geometry.window_key_bounds(), window_backend="xla"))
+    bounds = geometry.window_key_bounds()
+    if args.backward:
+      sweep_backward(geometry, inputs, bounds, window_flops, args)
+      continue
+    xla = jax.jit(lambda *x: window_attention(*x, bounds, window_backend="xla"))
     expected = np.asarray(xla(*inputs).astype(jnp.float32))
-    scale = float(np.max(np.abs(expected)))
     xla_ms = median_ms(xla, inputs, args.reps)
     rows = []
     for bq, bk, warps, stages in itertools.product(args.block_q, args.block_k, args.num_warps,
                                                    args.num_stages):
       config = WindowKernelConfig(block_q=bq, block_k=bk, num_warps=warps, num_stages=stages)
-      fused = jax.jit(lambda *x, c=config: window_attention(*x, geometry.window_key_bounds(), window_backend="pallas",
+      fused = jax.jit(lambda *x, c=config: window_attention(*x, bounds, window_backend="pallas",
                                                             kernel_config=c))
-      try:
-        out = np.asarray(fused(*inputs).astype(jnp.float32))
-        error = float(np.max(np.abs(out - expected))) / scale
-        ms = median_ms(fused, inputs, args.reps)
-        rows.append((ms, config, error, None))
-      except Exception as e:  # noqa: BLE001 - a config the compiler rejects ends only its row
-        rows.append((float("inf"), config, None, f"{type(e).__name__}: {str(e).splitlines()[0][:90]}"))
+      rows.append(time_config(fused, inputs, [expected], config, args.reps))
       print(rows[-1], flush=True)
-    print(f"\nframes {frames}: XLA window backend {xla_ms:.2f} ms; window FLOPs {window_flops:.3e}")
-    print("| block_q | block_k | warps | stages | fwd ms | TFLOP/s | rel err vs XLA |")
-    print("|---|---|---|---|---|---|---|")
-    for ms, c, error, failure in sorted(rows, key=lambda r: r[0]):
-      if failure:
-        print(f"| {c.block_q} | {c.block_k} | {c.num_warps} | {c.num_stages} | {failure} | | |")
-      else:
-        print(f"| {c.block_q} | {c.block_k} | {c.num_warps} | {c.num_stages} | {ms:.3f} "
-              f"| {window_flops / ms / 1e9:.0f} | {error:.2e} |")
+    print(f"\nframes {frames}, forward: XLA window {xla_ms:.2f} ms; FLOPs {window_flops:.3e}")
+    print_table(rows, window_flops, "fwd ms",
+                lambda c: f"{c.block_q} | {c.block_k} | {c.num_warps} | {c.num_stages}")
+
+
+def time_config(fn, inputs, expected, config, reps):
+  """(ms, config, max relative error over the outputs, None) or (inf, config, None, failure)."""
+  try:
+    outs = [np.asarray(o.astype(jnp.float32)) for o in jax.tree.leaves(fn(*inputs))]
+    error = max(float(np.max(np.abs(o - e)) / np.max(np.abs(e))) for o, e in zip(outs, expected))
+    return (median_ms(fn, inputs, reps), config, error, None)
+  except Exception as e:  # noqa: BLE001 - a config the compiler rejects ends only its row
+    return (float("inf"), config, None, f"{type(e).__name__}: {str(e).splitlines()[0][:90]}")
+
+
+def print_table(rows, flops, time_name, describe) -> None:
+  print(f"| block_q | block_k | warps | stages | {time_name} | TFLOP/s | rel err vs XLA |")
+  print("|---|---|---|---|---|---|---|")
+  for ms, c, error, failure in sorted(rows, key=lambda r: r[0]):
+    if failure:
+      print(f"| {describe(c)} | {failure} | | |")
+    else:
+      print(f"| {describe(c)} | {ms:.3f} | {flops / ms / 1e9:.0f} | {error:.2e} |")
+
+
+def sweep_backward(geometry, inputs, bounds, window_flops, args) -> None:
+  """Times the dq kernel and the dk/dv kernel over their own tile grids (--block-q etc.)."""
+  xla, fused_for, bwd_inputs = backward_cases(inputs, bounds)
+  dq_ref, dk_ref, dv_ref = (np.asarray(g.astype(jnp.float32)) for g in xla(*bwd_inputs))
+  xla_ms = median_ms(xla, bwd_inputs, args.reps)
+  print(f"\nframes {geometry.num_frames}, backward: XLA window fwd+bwd {xla_ms:.2f} ms")
+  # dq: s, dp, dq (3 tile matmuls); dk/dv: s, dv, dp, dk (4); the forward has 2.
+  for kernel, expected, flops in (("dq", [dq_ref], 1.5 * window_flops),
+                                  ("dkv", [dk_ref, dv_ref], 2.0 * window_flops)):
+    if kernel not in args.kernels:
+      continue
+    rows = []
+    grid = args.tiles or itertools.product(args.block_q, args.block_k, args.num_warps, args.num_stages)
+    for bq, bk, warps, stages in grid:
+      tiles = BackwardTiles(block_q=bq, block_k=bk, num_warps=warps, num_stages=stages)
+      rows.append(time_config(fused_for(kernel, tiles), bwd_inputs, expected, tiles, args.reps))
+    print(f"\n{kernel} kernel alone:")
+    print_table(rows, flops, f"{kernel} ms", lambda t: f"{t.block_q} | {t.block_k} | {t.num_warps} | {t.num_stages}")
 
 
 if __name__ == "__main__":

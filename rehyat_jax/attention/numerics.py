@@ -55,6 +55,28 @@ def joint_normalise(a_s: jax.Array, n_s: jax.Array, lin_num: jax.Array,
   return num / den[..., None]
 
 
+def feature_einsum(subscripts: str, features: jax.Array, other: jax.Array) -> jax.Array:
+  """An einsum of feature-map values with another operand, float32 result.
+
+  **Decision — linear-branch precision.** float32 features: float32 arithmetic (HIGHEST), the
+  path the forms' equivalence tests hold to float32 round-off. Lower-precision features (bf16 in
+  a bf16 model): both operands in the features' dtype, so the products run on tensor cores /
+  the MXU, accumulated in float32. The states (sums over up to N tokens) are accumulated in
+  float32 this way and rounded to the features' dtype only as an operand of the readout, which
+  costs ~2^-9 relative error per state entry, the same order as the bf16 softmax window beside it.
+  """
+  highest = jax.lax.Precision.HIGHEST
+  if features.dtype == jnp.float32:
+    return jnp.einsum(subscripts, features, other.astype(jnp.float32), precision=highest)
+  other = other.astype(features.dtype)
+  if jax.default_backend() == "cpu":
+    # XLA:CPU has no BF16 x BF16 -> F32 dot for some shapes. Upcasting is the same function:
+    # bf16 values and their products are exact in float32, accumulation is float32 either way.
+    return jnp.einsum(subscripts, features.astype(jnp.float32), other.astype(jnp.float32),
+                      precision=highest)
+  return jnp.einsum(subscripts, features, other, preferred_element_type=jnp.float32)
+
+
 def matmul_precision(dtype: jnp.dtype) -> jax.lax.Precision:
   """HIGHEST for float32 operands (no TF32 / bf16 passes on GPU, TPU), DEFAULT otherwise.
 

@@ -24,10 +24,9 @@ import jax
 import jax.numpy as jnp
 
 from rehyat_jax.attention.geometry import validate_hybrid_inputs, validate_qkv_phi
-from rehyat_jax.attention.numerics import clamp_features
+from rehyat_jax.attention.numerics import clamp_features, feature_einsum
 from rehyat_jax.attention.window import WindowKernelConfig, window_attention
 
-_HIGHEST = jax.lax.Precision.HIGHEST
 
 
 class RecurrentState(NamedTuple):
@@ -74,7 +73,7 @@ def init_recurrent_state(batch: int, num_heads: int, head_dim: int, phi_dim: int
 
 def recurrent_chunk_step(state: RecurrentState, q: jax.Array, k: jax.Array, v: jax.Array,
                          phi_q: jax.Array, phi_k: jax.Array, *, tokens_per_frame: int,
-                         window_backend: str = "auto", window_backward: str = "xla",
+                         window_backend: str = "auto", window_backward: str = "auto",
                          kernel_config: WindowKernelConfig = WindowKernelConfig()
                          ) -> tuple[RecurrentState, jax.Array]:
   """One chunk of causal ReHyAt. q, k, v [B, Tc*HW, H, D], phi [B, Tc*HW, H, D'], any Tc >= 1.
@@ -98,12 +97,12 @@ def recurrent_chunk_step(state: RecurrentState, q: jax.Array, k: jax.Array, v: j
   k_buf = jnp.concatenate([state.overlap_k.astype(k.dtype), k], axis=1)
   v_buf = jnp.concatenate([state.overlap_v.astype(v.dtype), v], axis=1)
   phi_k_buf = jnp.concatenate(
-      [state.overlap_phi_k.astype(jnp.float32), clamp_features(phi_k).astype(jnp.float32)], axis=1)
+      [state.overlap_phi_k.astype(phi_k.dtype), clamp_features(phi_k)], axis=1)
   valid_buf = jnp.concatenate([state.overlap_valid, jnp.ones((chunk_tokens,), jnp.bool_)])
 
-  phi_q32 = clamp_features(phi_q).astype(jnp.float32)
-  lin_num = jnp.einsum("bqhp,bhpd->bqhd", phi_q32, state.kv, precision=_HIGHEST)
-  lin_den = jnp.einsum("bqhp,bhp->bqh", phi_q32, state.z, precision=_HIGHEST)
+  phi_q = clamp_features(phi_q)
+  lin_num = feature_einsum("bqhp,bhpd->bqhd", phi_q, state.kv)
+  lin_den = feature_einsum("bqhp,bhp->bqh", phi_q, state.z)
   # Invalid cache slots (before the video start) are always a prefix of the buffer.
   first_valid = cached - jnp.sum(state.overlap_valid, dtype=jnp.int32)
   key_bounds = jnp.stack([first_valid, jnp.int32(cached + chunk_tokens)])[None]
@@ -112,12 +111,11 @@ def recurrent_chunk_step(state: RecurrentState, q: jax.Array, k: jax.Array, v: j
                          one_chunk(lin_den), key_bounds, window_backend=window_backend,
                          window_backward=window_backward, kernel_config=kernel_config)[:, 0]
 
-  leaving = valid_buf[:chunk_tokens].astype(jnp.float32)[None, :, None, None]
-  phi_leaving = phi_k_buf[:, :chunk_tokens] * leaving
+  leaving = valid_buf[:chunk_tokens][None, :, None, None]
+  phi_leaving = jnp.where(leaving, phi_k_buf[:, :chunk_tokens], 0)
   new_state = RecurrentState(
-      kv=state.kv + jnp.einsum("bnhp,bnhd->bhpd", phi_leaving,
-                               v_buf[:, :chunk_tokens].astype(jnp.float32), precision=_HIGHEST),
-      z=state.z + jnp.sum(phi_leaving, axis=1),
+      kv=state.kv + feature_einsum("bnhp,bnhd->bhpd", phi_leaving, v_buf[:, :chunk_tokens]),
+      z=state.z + jnp.sum(phi_leaving, axis=1, dtype=jnp.float32),
       overlap_k=k_buf[:, chunk_tokens:].astype(state.overlap_k.dtype),
       overlap_v=v_buf[:, chunk_tokens:].astype(state.overlap_v.dtype),
       overlap_phi_k=phi_k_buf[:, chunk_tokens:].astype(state.overlap_phi_k.dtype),
@@ -129,7 +127,7 @@ def recurrent_chunk_step(state: RecurrentState, q: jax.Array, k: jax.Array, v: j
 def recurrent_hybrid_attention(q: jax.Array, k: jax.Array, v: jax.Array, phi_q: jax.Array,
                                phi_k: jax.Array, *, tokens_per_frame: int, chunk_frames: int,
                                overlap_frames: int, remat: bool = False,
-                               window_backend: str = "auto", window_backward: str = "xla",
+                               window_backend: str = "auto", window_backward: str = "auto",
                                kernel_config: WindowKernelConfig = WindowKernelConfig()) -> jax.Array:
   """Causal ReHyAt as an RNN over chunks: lax.scan over the full chunks, then one more step
   for a shorter last chunk. Same contract as the reference form with causal=True.
@@ -144,7 +142,7 @@ def recurrent_hybrid_attention(q: jax.Array, k: jax.Array, v: jax.Array, phi_q: 
                                     chunk_frames=chunk_frames, overlap_frames=overlap_frames)
   b, _, h, d = q.shape
   state = init_recurrent_state(b, h, d, phi_q.shape[-1], tokens_per_frame=tokens_per_frame,
-                               overlap_frames=overlap_frames, dtype=k.dtype)
+                               overlap_frames=overlap_frames, dtype=k.dtype, phi_dtype=phi_k.dtype)
   step = lambda carry, chunk: recurrent_chunk_step(carry, *chunk,
                                                    tokens_per_frame=tokens_per_frame,
                                                    window_backend=window_backend,

@@ -120,7 +120,7 @@ def tree_relative_errors(actual, expected) -> list[float]:
 
 
 # Small tiles, so that the tiny test windows span several query and key blocks of the kernels.
-TEST_KERNEL = WindowKernelConfig(block_q=16, block_k=16, num_warps=4)
+TEST_KERNEL = WindowKernelConfig.uniform(16, num_warps=4)
 
 # The forms that use no softmax window (the settings below do not apply) and the causal-only ones.
 WINDOWLESS_FORMS = ("reference",)

@@ -22,7 +22,7 @@ mesh = Mesh(np.asarray(jax.devices()).reshape(2, 1, 4), ("data", "fsdp", "tensor
             axis_types=(AxisType.Auto,) * 3)
 per_token = NamedSharding(mesh, P(("data", "fsdp"), None, "tensor", None))
 rng = np.random.default_rng(0)
-kernel = WindowKernelConfig(block_q=16, block_k=16, num_warps=4, num_stages=2)
+kernel = WindowKernelConfig.uniform(16, num_warps=4, num_stages=2)
 
 
 def rel(a, b):

@@ -84,13 +84,27 @@ def test_valid_settings_pass():
     check_window_settings("auto", backward)
 
 
-def test_auto_refuses_experimental_backwards():
-  experimental = [name for entry in WINDOW_BACKENDS.values() for name, b in entry.backwards.items() if b.experimental]
-  assert "pallas" in experimental  # the fused backward kernels
-  for backward in experimental:
-    assert backward not in auto_backward_names()
-    with pytest.raises(ValueError, match=f"window_backward '{backward}' is experimental.*name the backend"):
-      check_window_settings("auto", backward)
+def test_auto_refuses_experimental_backwards(monkeypatch):
+  """A hypothetical experimental backward is refused with window_backend 'auto', accepted with
+  the backend that offers it."""
+  xla = WINDOW_BACKENDS["xla"]
+  trial = dataclasses.replace(xla, name="trial_kernel", backwards={
+      "xla": xla.backwards["xla"], "trial_bwd": WindowBackward(None, "trial", experimental=True)})
+  monkeypatch.setitem(WINDOW_BACKENDS, "trial_kernel", trial)
+  assert "trial_bwd" not in auto_backward_names()
+  with pytest.raises(ValueError, match="window_backward 'trial_bwd' is experimental.*name the backend"):
+    check_window_settings("auto", "trial_bwd")
+  check_window_settings("trial_kernel", "trial_bwd")
+
+
+def test_backward_auto_is_each_entrys_default():
+  for name, entry in WINDOW_BACKENDS.items():
+    check_window_settings(name, "auto")
+    assert effective_backward(entry, "auto") == entry.default_backward
+  check_window_settings("auto", "auto")
+  # The fused backward kernels are the GPU kernel's default; XLA's own is autodiff.
+  assert WINDOW_BACKENDS["pallas"].default_backward == "pallas"
+  assert not WINDOW_BACKENDS["pallas"].backwards["pallas"].experimental
 
 
 def test_unknown_backend_error_names_the_valid_ones():
@@ -106,7 +120,7 @@ def test_unknown_backend_error_names_the_valid_ones():
 @pytest.mark.parametrize("window_backend", window_backend_names())
 def test_unknown_backward_error_names_the_valid_ones(window_backend):
   offered = (auto_backward_names() if window_backend == "auto"
-             else tuple(WINDOW_BACKENDS[window_backend].backwards))
+             else ("auto", *WINDOW_BACKENDS[window_backend].backwards))
   with pytest.raises(ValueError) as error:
     check_window_settings(window_backend, "flash")
   assert "'flash'" in str(error.value) and repr(window_backend) in str(error.value)
@@ -153,7 +167,10 @@ def test_every_kind_builds_a_phi_param_module_of_its_output_dim(kind):
   assert not jax.tree.leaves(nnx.state(phi, nnx.Not(PhiParam)))  # every parameter is a PhiParam
   # The config is a static attribute: nnx.jit must hash it.
   out = nnx.jit(lambda m, x: m(x))(phi, jnp.ones((1, 3, heads, head_dim), jnp.bfloat16))
-  assert out.shape == (1, 3, heads, config.output_dim) and out.dtype == jnp.float32
+  # The registry contract: float32 for float32 input; bf16 input may give bf16 or float32.
+  assert out.shape == (1, 3, heads, config.output_dim) and out.dtype in (jnp.bfloat16, jnp.float32)
+  out32 = nnx.jit(lambda m, x: m(x))(phi, jnp.ones((1, 3, heads, head_dim), jnp.float32))
+  assert out32.dtype == jnp.float32
 
 
 def test_feature_map_config_options_and_errors():

@@ -1,9 +1,16 @@
 """Feature map kind "mlp_power": the per-head MLP with powered parts of ReHyAt (docs/method.md §3).
 
 Per head (a grouped 1x1 convolution): psi(x) = W2 act(W1 x + b1) + b2, psi split into P equal
-parts of Dp, phi = concat(psi_1^1, psi_2^2, ..., psi_P^P), D' = P * Dp. Computed in float32
-whatever the input dtype; parameters are float32 ``PhiParam``s named w1, b1, w2, b2 (exported
-student checkpoints hold these names and shapes: keep them).
+parts of Dp, phi = concat(psi_1^1, psi_2^2, ..., psi_P^P), D' = P * Dp. Parameters are float32
+``PhiParam``s named w1, b1, w2, b2 (exported student checkpoints hold these names and shapes:
+keep them).
+
+**Decision — precision.** float32 input: float32 arithmetic throughout (HIGHEST matmuls), the
+path of the equivalence tests. bf16 (or fp16) input, as in a bf16 model: the two matmuls take
+their operands and results in the input's dtype (tensor cores / MXU; true float32 matmuls ran
+several times slower on an H200 and were a third of a student block's time), accumulating in
+float32; bias, activation and powers are float32 elementwise work on the rounded results; phi
+is returned in the input's dtype, which halves the bytes of the [B, N, H, D'] features.
 
 **Decision — initialisation.** W1 is LeCun-normal per head (std 1/sqrt(D)), b1 = b2 = 0, and
 W2 ~ N(0, (init_scale / sqrt(hidden))^2) with init_scale = 1e-3, i.e. 1e-3 times LeCun.
@@ -77,7 +84,8 @@ def _lecun_per_head(scale: float = 1.0) -> nnx.Initializer:
 @register_feature_map("mlp_power", options=MlpPowerOptions,
                       summary="per-head MLP psi = W2 act(W1 x + b1) + b2, part i of `degree` raised to i")
 class MlpPowerFeatureMap(nnx.Module):
-  """phi: [B, N, H, D] -> [B, N, H, degree * feature_dim] float32, independent weights per head."""
+  """phi: [B, N, H, D] -> [B, N, H, degree * feature_dim], independent weights per head; float32
+  unless the input is bf16/fp16 (then in the input's dtype: module docstring)."""
 
   def __init__(self, config: FeatureMapConfig, num_heads: int, head_dim: int, *, rngs: nnx.Rngs):
     if config.kind != "mlp_power":
@@ -104,10 +112,20 @@ class MlpPowerFeatureMap(nnx.Module):
     if x.ndim != 4 or x.shape[2:] != (self.num_heads, self.head_dim):
       raise ValueError(f"feature map expects [B, N, {self.num_heads}, {self.head_dim}], "
                        f"got {tuple(x.shape)}")
-    highest = jax.lax.Precision.HIGHEST
-    x = x.astype(jnp.float32)
-    hidden = jnp.einsum("bnhd,hdk->bnhk", x, self.w1[...], precision=highest) + self.b1[...]
+    out_dtype = x.dtype if x.dtype in (jnp.bfloat16, jnp.float16) else jnp.float32
+    x = x.astype(out_dtype)
+    hidden = _per_head_matmul("bnhd,hdk->bnhk", x, self.w1[...]) + self.b1[...]
     hidden = ACTIVATIONS[self.config.activation](hidden)
-    psi = jnp.einsum("bnhk,hkp->bnhp", hidden, self.w2[...], precision=highest) + self.b2[...]
+    psi = _per_head_matmul("bnhk,hkp->bnhp", hidden.astype(out_dtype), self.w2[...]) + self.b2[...]
     parts = jnp.split(psi, self.config.degree, axis=-1)
-    return jnp.concatenate([part ** power for power, part in enumerate(parts, start=1)], axis=-1)
+    phi = jnp.concatenate([part ** power for power, part in enumerate(parts, start=1)], axis=-1)
+    return phi.astype(out_dtype)
+
+
+def _per_head_matmul(subscripts: str, x: jax.Array, weights: jax.Array) -> jax.Array:
+  """float32 x: float32 arithmetic (HIGHEST). bf16/fp16 x: operands and result in x's dtype,
+  float32 accumulation inside the matmul (module docstring); the result is upcast for the
+  float32 elementwise work that follows, which XLA fuses into one pass."""
+  if x.dtype == jnp.float32:
+    return jnp.einsum(subscripts, x, weights, precision=jax.lax.Precision.HIGHEST)
+  return jnp.einsum(subscripts, x, weights.astype(x.dtype)).astype(jnp.float32)

@@ -6,7 +6,8 @@ options dataclass and an ``nnx.Module`` and registers them here. The options dat
 validates its own values in ``__post_init__`` (ValueError naming the option) and reports the
 map's output dim D' as an ``output_dim`` property; the module is built as
 ``module_type(config, num_heads, head_dim, rngs=rngs)`` and maps [B, N, H, head_dim] to
-[B, N, H, config.output_dim] float32, its parameters being ``PhiParam``s.
+[B, N, H, config.output_dim] (float32 for float32 input; for bf16 input, bf16 or float32), its
+parameters being ``PhiParam``s. The forms accept either dtype: ``numerics.feature_einsum``.
 """
 
 from __future__ import annotations

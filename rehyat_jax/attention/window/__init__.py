@@ -15,7 +15,7 @@ xla.py              "xla": plain XLA, scores materialised
 fused.py            shared by the kernel backends: custom_vjp, row-wise backward, "xla" backward,
                     per-shard dispatch
 triton_forward.py   "pallas": fused Triton forward kernel (GPU)
-triton_backward.py  its "pallas" backward: fused dq and dk/dv kernels (experimental)
+triton_backward.py  its "pallas" backward (the default): fused dq and dk/dv kernels
 mosaic_tpu.py       "pallas_tpu": fused Mosaic TPU forward kernel (experimental)
 kernel_common.py    tiling (``WindowKernelConfig``), padding, precision, constants of the kernels
 
@@ -35,7 +35,7 @@ from rehyat_jax.attention.window import xla as _xla  # noqa: F401
 from rehyat_jax.attention.window import triton_forward as _triton_forward  # noqa: F401
 from rehyat_jax.attention.window import mosaic_tpu as _mosaic_tpu  # noqa: F401
 from rehyat_jax.attention.window.fused import run_kernel_backend
-from rehyat_jax.attention.window.kernel_common import WindowKernelConfig, tileable_head_dim
+from rehyat_jax.attention.window.kernel_common import BackwardTiles, WindowKernelConfig, tileable_head_dim
 from rehyat_jax.attention.window.registry import (AUTO, WINDOW_BACKENDS, WindowBackend, WindowBackward,
                                                   auto_backward_names, check_window_settings, effective_backward,
                                                   register_window_backend, resolve_window_backend,
@@ -51,7 +51,7 @@ def check_window_chunks_per_step(window_chunks_per_step: int | None) -> None:
 
 def window_attention(q_chunks: jax.Array, k_windows: jax.Array, v_windows: jax.Array,
                      lin_num: jax.Array, lin_den: jax.Array, key_bounds: jax.Array, *,
-                     window_backend: str = AUTO, window_backward: str = "xla",
+                     window_backend: str = AUTO, window_backward: str = AUTO,
                      window_chunks_per_step: int | None = None,
                      kernel_config: WindowKernelConfig = WindowKernelConfig()) -> jax.Array:
   """y = (a_S + lin_num) / guard(n_S + lin_den) for every chunk window, in q's dtype.
@@ -81,7 +81,7 @@ def window_attention(q_chunks: jax.Array, k_windows: jax.Array, v_windows: jax.A
 
 
 __all__ = [
-    "AUTO", "WINDOW_BACKENDS", "WindowBackend", "WindowBackward", "WindowKernelConfig",
+    "AUTO", "WINDOW_BACKENDS", "BackwardTiles", "WindowBackend", "WindowBackward", "WindowKernelConfig",
     "auto_backward_names", "check_window_chunks_per_step", "check_window_settings", "effective_backward",
     "register_window_backend", "resolve_window_backend", "tileable_head_dim", "window_attention",
     "window_backend_names", "window_backward_names",

@@ -17,27 +17,62 @@ LOG2_E = math.log2(math.e)
 MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
 
 
+def _check_tile(owner: str, name: str, value: int) -> None:
+  if isinstance(value, bool) or not isinstance(value, int) or value < 16 or value & (value - 1):
+    raise ValueError(f"{owner}.{name} must be a power of two >= 16, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class BackwardTiles:
+  """Tiles and Triton launch parameters of one fused backward kernel (dq, or dk/dv)."""
+
+  block_q: int
+  block_k: int
+  num_warps: int = 4
+  num_stages: int = 3
+
+  def __post_init__(self):
+    for name in ("block_q", "block_k"):
+      _check_tile("BackwardTiles", name, getattr(self, name))
+
+  def for_dtype(self, dtype) -> "BackwardTiles":
+    """These tiles for 2-byte operands; halved (at least 16) for float32, whose tiles need twice
+    the shared memory (the bf16 optimum overflows an H200's 227 KiB in float32). The float32
+    path is the reference/test path, not the fast one."""
+    if jnp.dtype(dtype).itemsize <= 2:
+      return self
+    return dataclasses.replace(self, block_q=max(16, self.block_q // 2), block_k=max(16, self.block_k // 2))
+
+
 @dataclasses.dataclass(frozen=True)
 class WindowKernelConfig:
-  """Tile sizes and Triton launch parameters of the fused window kernels (every kernel backend
-  reads the tile sizes; num_warps / num_stages are Triton's).
+  """Tile sizes and Triton launch parameters of the fused window kernels: the forward's
+  (block_q, block_k, num_warps, num_stages; every kernel backend reads the tile sizes) and,
+  separately, those of the two backward kernels (``dq``, ``dkv``), whose best tiles differ: the
+  dq kernel keeps a query tile and streams keys, the dk/dv kernel the reverse.
 
-  Defaults: the fastest of a 16-point sweep (block_q 64/128, block_k 64/128, 4/8 warps, 2/3
-  stages) at Wan2.1-1.3B heads, 21 latent frames, bf16, on an H200 (docs/benchmarks.md).
-  Which kernel runs and which backward it uses are the ``window_backend`` and
-  ``window_backward`` settings, not part of this tiling.
+  Defaults: the fastest of sweeps at Wan2.1-1.3B heads, 21 latent frames, bf16, on an H200
+  (bench/tune_window_kernel.py, with and without --backward; docs/benchmarks.md). Which kernel
+  runs and which backward it uses are the ``window_backend`` and ``window_backward`` settings,
+  not part of this tiling.
   """
 
   block_q: int = 128
   block_k: int = 64
   num_warps: int = 4
   num_stages: int = 2
+  dq: BackwardTiles = BackwardTiles(block_q=128, block_k=64, num_warps=8, num_stages=3)
+  dkv: BackwardTiles = BackwardTiles(block_q=64, block_k=128, num_warps=8, num_stages=3)
 
   def __post_init__(self):
     for name in ("block_q", "block_k"):
-      value = getattr(self, name)
-      if value < 16 or value & (value - 1):
-        raise ValueError(f"WindowKernelConfig.{name} must be a power of two >= 16, got {value}")
+      _check_tile("WindowKernelConfig", name, getattr(self, name))
+
+  @classmethod
+  def uniform(cls, block: int, num_warps: int = 4, num_stages: int = 2) -> "WindowKernelConfig":
+    """One square tile for every kernel (small tiles for interpret-mode tests)."""
+    tiles = BackwardTiles(block, block, num_warps, num_stages)
+    return cls(block, block, num_warps, num_stages, dq=tiles, dkv=tiles)
 
 
 def tileable_head_dim(head_dim: int) -> bool:

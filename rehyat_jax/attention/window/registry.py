@@ -1,5 +1,6 @@
 """The window-backend registry: entries, 'auto' resolution and validation of the two settings
-``window_backend`` ('auto' or a ``WINDOW_BACKENDS`` name) and ``window_backward``.
+``window_backend`` ('auto' or a ``WINDOW_BACKENDS`` name) and ``window_backward`` ('auto' = the
+running entry's default backward, or a backward some entry offers).
 
 An entry says how the softmax window of docs/method.md §2 runs forward, which backward passes
 (dq, dk, dv) it offers, where it compiles, whether it is experimental, and what it is in one
@@ -92,14 +93,16 @@ def window_backend_names() -> tuple[str, ...]:
 
 
 def window_backward_names() -> tuple[str, ...]:
-  """Every backward some entry offers (the values 'auto' accepts), in registration order."""
-  return tuple(dict.fromkeys(b for entry in WINDOW_BACKENDS.values() for b in entry.backwards))
+  """Every valid ``window_backward`` value: 'auto' (the running entry's default backward) then
+  every backward some entry offers, in registration order."""
+  return (AUTO, *dict.fromkeys(b for entry in WINDOW_BACKENDS.values() for b in entry.backwards))
 
 
 def auto_backward_names() -> tuple[str, ...]:
-  """The backwards 'auto' accepts: every non-experimental backward some entry offers."""
-  return tuple(dict.fromkeys(name for entry in WINDOW_BACKENDS.values() for name, backward in entry.backwards.items()
-                             if not backward.experimental))
+  """The backwards window_backend 'auto' accepts: 'auto' and every non-experimental backward some
+  entry offers."""
+  return (AUTO, *dict.fromkeys(name for entry in WINDOW_BACKENDS.values()
+                               for name, backward in entry.backwards.items() if not backward.experimental))
 
 
 def check_window_settings(window_backend: str, window_backward: str) -> None:
@@ -114,12 +117,14 @@ def check_window_settings(window_backend: str, window_backward: str) -> None:
   """
   if window_backend not in WINDOW_BACKENDS and window_backend != AUTO:
     raise ValueError(f"unknown window_backend {window_backend!r}; choose one of {window_backend_names()}")
+  if window_backward == AUTO:  # the running entry's default backward: valid with any backend
+    return
   if window_backend == AUTO and window_backward not in auto_backward_names():
     owners = [name for name, entry in WINDOW_BACKENDS.items() if window_backward in entry.backwards]
     if owners:
       raise ValueError(f"window_backward {window_backward!r} is experimental: window_backend 'auto' never picks "
                        f"experimental code; name the backend that offers it ({' or '.join(map(repr, owners))})")
-  offered = auto_backward_names() if window_backend == AUTO else tuple(WINDOW_BACKENDS[window_backend].backwards)
+  offered = auto_backward_names() if window_backend == AUTO else (AUTO, *WINDOW_BACKENDS[window_backend].backwards)
   if window_backward not in offered:
     raise ValueError(f"window_backward {window_backward!r} is not offered by window_backend "
                      f"{window_backend!r}; choose one of {offered}")
@@ -148,5 +153,5 @@ def resolve_window_backend(window_backend: str, head_dim: int) -> str:
 
 
 def effective_backward(entry: WindowBackend, window_backward: str) -> str:
-  """``window_backward`` if ``entry`` offers it, else its default (the 'auto' decision above)."""
+  """``window_backward`` if ``entry`` offers it, else (and for 'auto') the entry's default."""
   return window_backward if window_backward in entry.backwards else entry.default_backward
