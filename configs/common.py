@@ -9,14 +9,23 @@ Field reference (all validated in ``rehyat_jax.train.config_checks`` before anyt
                       precision (fp32 | bf16 | bf16_params), scan_layers, remat (none | full | dots |
                       dots_no_batch), softmax_backend, hybrid_form (reference | parallel | recurrent),
                       window_backend (auto | a name of rehyat_jax.attention.WINDOW_BACKENDS),
-                      window_backward (xla | pallas), window_chunks_per_step (None = all chunks at once)
+                      window_backward (auto | pallas | xla), window_chunks_per_step (None = all chunks at once)
   rehyat.*            RehyatConfig fields, same names (rehyat_jax/attention/config.py): chunk_frames,
                       overlap_frames (latent frames), causal, phi_input, converted_blocks, and
                       feature_map (kind + that kind's options: rehyat_jax.attention.FEATURE_MAPS)
-  data.source         synthetic | latents (array_record dataset) | trajectories (teacher sampling, stage 1)
+  data.source         latents (array_record dataset) | trajectories (teacher sampling on a prompt dataset's
+                      texts, stage 1) | synthetic (random latents and texts: tests, demos; never a fallback)
+  data.data_dir       the dataset of 'latents' / 'trajectories' (required for them): a dataset tool's --out
+                      folder (tools/encode_prompts.py, encode_videos.py, generate_latents.py) or the dataset below it
   data.latent_shape   (frames, height, width) of the latents; channels come from the model
+  data.trajectory_*   stage-1 teacher trajectories: sampler steps, solver (unipc | euler), guidance scale with
+                      the prompt dataset's negative prompt (1: off), pool size (trajectories in flight)
   optim.*             AdamW with warmup + cosine decay, clipping, gradient accumulation
-  mesh.*              data / fsdp / tensor sizes (-1: fill with the remaining devices)
+  train.max_nonfinite_steps   a step with a non-finite loss or gradient is skipped (nothing changes, a line is
+                      printed); this many in a row stop the run, the newest checkpoint keeping the last finite weights
+  mesh.*              data / fsdp / sequence / tensor sizes (-1: fill with the remaining devices)
+  mesh.sequence       devices the latent frames are split over (sequence-parallel ReHyAt, model.hybrid_form
+                      'parallel'); the frames must be a multiple of mesh.sequence x rehyat.chunk_frames
 """
 
 import ml_collections
@@ -38,7 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.softmax_backend = "auto"
   c.model.hybrid_form = "parallel"
   c.model.window_backend = "auto"
-  c.model.window_backward = "xla"
+  c.model.window_backward = "auto"
   c.model.window_chunks_per_step = ml_collections.config_dict.placeholder(int)  # None: all chunks at once
 
   c.rehyat = ml_collections.ConfigDict()
@@ -51,15 +60,21 @@ def base_config() -> ml_collections.ConfigDict:
       {"kind": "mlp_power", "degree": 2, "hidden": 256, "feature_dim": 128, "activation": "gelu", "init_scale": 1e-3})
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "synthetic"
-  c.data.data_dir = ""
+  c.data.source = "latents"
+  c.data.data_dir = ""                # required unless data.source='synthetic'
   c.data.split = "train"
   c.data.latent_shape = (21, 60, 104)
   c.data.num_examples = 64            # synthetic source size
   c.data.seed = 0
   c.data.worker_count = 0
   c.data.shift = 5.0                  # timestep shift of sigma sampling (Wan T2V default)
-  c.data.trajectory_steps = 10        # teacher sampler steps per trajectory (source='trajectories')
+  # source='trajectories': the teacher samples as generation does (docs: rehyat_jax/train/trajectories.py)
+  c.data.trajectory_steps = 10        # sampler steps per trajectory
+  c.data.trajectory_solver = "unipc"  # unipc (Wan's and generation's) | euler
+  c.data.trajectory_guidance = 5.0    # CFG scale with the dataset's negative prompt (1: unguided); a guided
+                                      # batch holds global_batch_size / 2 trajectories, each under both prompts
+  c.data.trajectory_pool = 0          # trajectories in flight (0: 2 x global_batch_size); each step draws
+                                      # a batch of them at random, so a batch mixes trajectories and timesteps
 
   c.optim = ml_collections.ConfigDict()
   c.optim.learning_rate = 1e-4
@@ -80,11 +95,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.keep_checkpoints = 3
   c.train.trainable = "adapters"      # stage 2: 'all' | 'adapters' | a regex over parameter paths
   c.train.ema_decay = 0.0             # stage 2: 0 disables EMA
+  c.train.max_nonfinite_steps = 10    # stop after this many steps in a row with a non-finite loss/gradient
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1
   c.mesh.fsdp = 1
   c.mesh.tensor = 1
+  c.mesh.sequence = 1                  # >1: latent frames split over devices in whole chunks (sequence parallel)
   c.mesh.coordinator_address = ""      # multi-process GPU/CPU; TPU pods need none
   c.mesh.auto_distributed = False      # TPU pod slices: jax.distributed.initialize() from VM metadata
   c.mesh.num_processes = 1

@@ -5,6 +5,12 @@ block's softmax and hybrid outputs from the same q, k, v, all blocks at once fro
 forward; inputs from teacher sampling trajectories (no paired video data). 15 of 30 blocks with
 Tc=3, To=1, causal, is the paper's best VBench setting; rank blocks first with
 tools/rank_blocks.py and pass the list as --config.rehyat.converted_blocks=... .
+
+The trajectories' texts come from a prompt dataset, which has no default (random texts would be
+distilled silently otherwise):
+
+  python tools/encode_prompts.py --prompts-file prompts.txt --t5 ckpt/t5 --tokenizer WAN_DIR --out data/prompts
+  python -m rehyat_jax.train --config configs/distill_wan_1_3b.py --config.data.data_dir=data/prompts
 """
 
 from configs import common
@@ -22,6 +28,7 @@ def get_config(arg: str | None = None):
   c.rehyat.overlap_frames = 1
   c.rehyat.converted_blocks = arg or "all"
   c.data.source = "trajectories"
+  c.data.data_dir = ""                # required: --config.data.data_dir=<tools/encode_prompts.py --out>
   c.data.latent_shape = (21, 60, 104)
   c.data.trajectory_steps = 50
   c.optim.learning_rate = 1e-3

@@ -1,4 +1,4 @@
-"""Tiny CPU config (demo and tests): random tiny teacher, synthetic latents, a few steps.
+"""Tiny CPU config (demo and tests): random tiny teacher, synthetic latents (data.source='synthetic'), a few steps.
 
   python -m rehyat_jax.train --config configs/tiny.py                         # stage 1
   python -m rehyat_jax.train --config configs/tiny.py:finetune                # stage 2
@@ -18,6 +18,7 @@ def get_config(arg: str | None = None):
   c.rehyat.feature_map.feature_dim = 16
   c.rehyat.feature_map.init_scale = 0.1
   # 24 tokens per latent frame: enough far tokens for a linear term to have something to model.
+  c.data.source = "synthetic"         # random latents and texts, chosen explicitly
   c.data.latent_shape = (9, 8, 12)
   c.data.num_examples = 32
   c.data.trajectory_steps = 4

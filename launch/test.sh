@@ -6,4 +6,5 @@ bash launch/setup.sh
 export JAX_PLATFORMS=cpu
 # Lint first (syntax errors and pyflakes, pyproject.toml [tool.ruff]): fail fast, before the slow suite.
 .venv/bin/python -m ruff check rehyat_jax tools bench configs tests
-exec .venv/bin/python -m pytest -q -n 2 "$@"
+# --durations=15: the slowest tests are listed at the end, so a test that starts to cost minutes is seen.
+exec .venv/bin/python -m pytest -q -n 2 --durations=15 "$@"

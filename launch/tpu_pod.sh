@@ -45,6 +45,10 @@ Settings (environment variable, overridden by the flag):
   --run-name NAME          RUN_NAME          log name (default <config>-<UTC timestamp>)
   --python-version X.Y     REMOTE_PYTHON     Python for the workers' venv when python3 there is
                                              older than 3.11 (fetched with uv; default 3.11)
+  --sequence-parallel N    SEQUENCE_PARALLEL split the latent frames over N devices (sequence-
+                                             parallel ReHyAt): adds --config.mesh.sequence=N
+                                             (default 1: off); the frames must be a multiple of
+                                             N x rehyat.chunk_frames
   --env KEY=VALUE          (repeatable) environment for the training processes, e.g.
                            --env TF_CPP_MIN_LOG_LEVEL=0
 
@@ -83,6 +87,7 @@ SPOT=${SPOT:-0}
 REMOTE_DIR=${REMOTE_DIR:-rehyat-jax}
 RUN_NAME=${RUN_NAME:-}
 REMOTE_PYTHON=${REMOTE_PYTHON:-3.11}
+SEQUENCE_PARALLEL=${SEQUENCE_PARALLEL:-1}
 DRY_RUN=0
 ACTION=launch
 DO_SYNC=1
@@ -111,6 +116,7 @@ while [ $# -gt 0 ]; do
     --remote-dir) need_value "$1" $#; REMOTE_DIR=$2; shift ;;
     --run-name) need_value "$1" $#; RUN_NAME=$2; shift ;;
     --python-version) need_value "$1" $#; REMOTE_PYTHON=$2; shift ;;
+    --sequence-parallel) need_value "$1" $#; SEQUENCE_PARALLEL=$2; shift ;;
     --env) need_value "$1" $#
       case $2 in [A-Za-z_]*=*) ;; *) die "--env wants KEY=VALUE, got: $2" ;; esac
       TRAIN_ENV+=("$2"); shift ;;
@@ -138,6 +144,12 @@ if [ "$ACTION" = launch ]; then
     /*) die "CONFIG must be relative to the repository root (it runs on the workers), got: $CONFIG" ;;
   esac
   [ -f "$REPO/$config_file" ] || die "CONFIG file not found: $REPO/$config_file"
+  is_count "$SEQUENCE_PARALLEL" || die "SEQUENCE_PARALLEL must be a positive integer, got: $SEQUENCE_PARALLEL"
+  if [ "$SEQUENCE_PARALLEL" != 1 ]; then
+    for arg in ${TRAIN_ARGS[@]+"${TRAIN_ARGS[@]}"}; do
+      case $arg in --config.mesh.sequence=*) die "$arg conflicts with --sequence-parallel $SEQUENCE_PARALLEL (give one)" ;; esac
+    done
+  fi
   case $(printf '%s' "$SPOT" | tr '[:upper:]' '[:lower:]') in
     1 | true | yes | on) SPOT=1 ;;
     0 | false | no | off | '') SPOT=0 ;;
@@ -246,6 +258,7 @@ fi
 #    jax.distributed.initialize() without arguments finds the peers from the VM metadata).
 TRAIN=(.venv/bin/python -m rehyat_jax.train --config "$CONFIG" --config.mesh.auto_distributed=true)
 if [ -n "$WORKDIR" ]; then TRAIN+=("--config.workdir=$WORKDIR"); fi
+if [ "$SEQUENCE_PARALLEL" != 1 ]; then TRAIN+=("--config.mesh.sequence=$SEQUENCE_PARALLEL"); fi
 TRAIN+=(${TRAIN_ARGS[@]+"${TRAIN_ARGS[@]}"})
 TRAIN_CMD=$(quote_words env PYTHONUNBUFFERED=1 ${TRAIN_ENV[@]+"${TRAIN_ENV[@]}"} "${TRAIN[@]}")
 LOG="logs/$(quote "$RUN_NAME").\$(hostname).log"

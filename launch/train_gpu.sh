@@ -25,6 +25,10 @@ Settings (environment variable, overridden by the flag):
                                            --config.mesh.coordinator_address=127.0.0.1:PORT
                                            --config.mesh.num_processes=N --config.mesh.process_id=i
   --port PORT            COORDINATOR_PORT  coordinator port for N > 1 (default 12355)
+  --sequence-parallel N  SEQUENCE_PARALLEL  split the latent frames over N devices (sequence-parallel
+                                           ReHyAt): adds --config.mesh.sequence=N (default 1: off;
+                                           mesh.data fills the other devices). The frames must be a
+                                           multiple of N x rehyat.chunk_frames
   --python PY            PYTHON            default .venv/bin/python if present, else python3
   --log-dir DIR          LOG_DIR           per-process logs for N > 1 (default runs/logs)
   --run-name NAME        RUN_NAME          log name for N > 1 (default <config>-<timestamp>)
@@ -62,6 +66,7 @@ WORKDIR=${WORKDIR:-}
 NUM_GPUS=${NUM_GPUS:-}
 NUM_PROCESSES=${NUM_PROCESSES:-1}
 COORDINATOR_PORT=${COORDINATOR_PORT:-12355}
+SEQUENCE_PARALLEL=${SEQUENCE_PARALLEL:-1}
 PYTHON=${PYTHON:-}
 LOG_DIR=${LOG_DIR:-runs/logs}
 RUN_NAME=${RUN_NAME:-}
@@ -82,6 +87,7 @@ while [ $# -gt 0 ]; do
     --num-gpus) need_value "$1" $#; NUM_GPUS=$2; shift ;;
     --num-processes) need_value "$1" $#; NUM_PROCESSES=$2; shift ;;
     --port) need_value "$1" $#; COORDINATOR_PORT=$2; shift ;;
+    --sequence-parallel) need_value "$1" $#; SEQUENCE_PARALLEL=$2; shift ;;
     --python) need_value "$1" $#; PYTHON=$2; shift ;;
     --log-dir) need_value "$1" $#; LOG_DIR=$2; shift ;;
     --run-name) need_value "$1" $#; RUN_NAME=$2; shift ;;
@@ -98,6 +104,12 @@ config_file=${CONFIG%%:*}
 is_count "$NUM_PROCESSES" || die "NUM_PROCESSES must be a positive integer, got: $NUM_PROCESSES"
 is_count "$COORDINATOR_PORT" || die "COORDINATOR_PORT must be a port number, got: $COORDINATOR_PORT"
 is_count "$GRACE_SECONDS" || die "GRACE_SECONDS must be a positive integer, got: $GRACE_SECONDS"
+is_count "$SEQUENCE_PARALLEL" || die "SEQUENCE_PARALLEL must be a positive integer, got: $SEQUENCE_PARALLEL"
+if [ "$SEQUENCE_PARALLEL" != 1 ]; then
+  for arg in ${TRAIN_ARGS[@]+"${TRAIN_ARGS[@]}"}; do
+    case $arg in --config.mesh.sequence=*) die "$arg conflicts with --sequence-parallel $SEQUENCE_PARALLEL (give one)" ;; esac
+  done
+fi
 
 # GPUs: CUDA_VISIBLE_DEVICES (if set) names them, else 0..NUM_GPUS-1.
 if [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; then
@@ -129,6 +141,7 @@ esac
 ENV=(env "XLA_PYTHON_CLIENT_MEM_FRACTION=$MEM_FRACTION" "XLA_FLAGS=$XLA_FLAGS_VALUE" PYTHONUNBUFFERED=1)
 TRAIN=("$PYTHON" -m rehyat_jax.train --config "$CONFIG")
 if [ -n "$WORKDIR" ]; then TRAIN+=("--config.workdir=$WORKDIR"); fi
+if [ "$SEQUENCE_PARALLEL" != 1 ]; then TRAIN+=("--config.mesh.sequence=$SEQUENCE_PARALLEL"); fi
 TRAIN+=(${TRAIN_ARGS[@]+"${TRAIN_ARGS[@]}"})
 
 if [ "$DRY_RUN" = 1 ]; then echo "# $NUM_GPUS GPUs, $NUM_PROCESSES process(es)"; else note "$NUM_GPUS GPUs, $NUM_PROCESSES process(es)"; fi

@@ -14,9 +14,10 @@ import json
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
-import imageio.v2 as imageio
+import imageio_ffmpeg
 import jax
 import numpy as np
 import pytest
@@ -35,7 +36,7 @@ from rehyat_jax.convert.umt5 import convert_umt5_checkpoint
 from rehyat_jax.convert.wan_dit import convert_wan_checkpoint
 from rehyat_jax.convert.wan_vae import convert_wan_vae
 from rehyat_jax.core.adapters import AdapterParam
-from rehyat_jax.inference import cli
+from rehyat_jax.inference import cli, video_io
 from rehyat_jax.inference.generation import generate
 from rehyat_jax.inference.pipeline import GenerationError, check_prompts, check_video_shape, load_pipeline
 from rehyat_jax.inference.video_io import video_name
@@ -130,6 +131,14 @@ def student_variant(export: Path, directory: Path, **changes) -> Path:
   return directory
 
 
+def read_mp4(path: Path, height: int, width: int) -> np.ndarray:
+  """Decoded RGB frames [n, H, W, 3] of an mp4, by the ffmpeg that imageio-ffmpeg ships (started without a
+  preexec_fn, unlike imageio's reader, so the test itself does not fork the JAX process)."""
+  raw = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-f", "rawvideo",
+                        "-pix_fmt", "rgb24", "-"], capture_output=True, check=True, timeout=60).stdout
+  return np.frombuffer(raw, np.uint8).reshape(-1, height, width, 3)
+
+
 def one_line_error(err: str) -> str:
   lines = err.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: "), err
@@ -148,8 +157,7 @@ def test_cli_writes_readable_mp4s(checkpoints, tmp_path, capsys):
   names = [f"{prompt}-{i}" for prompt in ("A cat sits on the mat.", "A red car at sunset") for i in range(5)]
   assert sorted(path.name for path in out.glob("*.mp4")) == sorted(f"{name}.mp4" for name in names)
   for name in names:
-    with imageio.get_reader(out / f"{name}.mp4") as reader:
-      frames = [frame for frame in reader]
+    frames = read_mp4(out / f"{name}.mp4", 32, 32)
     assert len(frames) == 5 and frames[0].shape == (32, 32, 3)
     latents = np.load(out / f"{name}.npy")
     assert latents.shape == (1, 16, 2, 4, 4) and np.isfinite(latents).all()
@@ -243,7 +251,51 @@ def test_help_exits_zero():
   done = subprocess.run([sys.executable, "-m", "rehyat_jax.generate", "--help"], capture_output=True, text=True,
                         timeout=300, check=False)
   assert done.returncode == 0, done.stderr
-  assert "--student EXPORT_DIR" in done.stdout and "--forward" in done.stdout and "--phi" not in done.stdout
+  text = done.stdout
+  assert "--student EXPORT_DIR" in text and "--forward" in text and "--phi" not in text
+  assert "``" not in text  # plain text, no reST markup
+  # The command that writes the --dit / --t5 / --vae folders.
+  assert "tools/convert_wan_weights.py" in text and "--component umt5" in text and "--component vae" in text
+  for flag, default in (("--frames", "81"), ("--steps", "50"), ("--guidance", "5.0"), ("--shift", "5.0"),
+                        ("--seed", "0"), ("--precision", "bf16"), ("--out-dir", "videos"), ("--size", "832x480"),
+                        ("--solver", "unipc"), ("--forward", "parallel"), ("--window-backend", "auto")):
+    assert re.search(rf"{flag} .*?\(default:\s+{re.escape(default)}\b", text, re.S), flag
+
+
+def test_every_option_has_help_text():
+  for action in cli.build_parser()._actions:  # pylint: disable=protected-access
+    assert action.help and action.help.strip(), action.option_strings
+
+
+def test_writing_a_video_does_not_fork_the_jax_process(tmp_path):
+  """JAX warns when a multithreaded process forks (os.fork, or subprocess with a preexec_fn, as imageio-ffmpeg
+  starts ffmpeg); the mp4 writer starts ffmpeg without a fork handler running."""
+
+  class TwoGroupsVae:  # decode_stream's contract: groups of frames [1, 3, n, H, W] in [-1, 1]
+    def decode_stream(self, latents):
+      del latents
+      for n in (1, 4):
+        yield np.linspace(-1.0, 1.0, 3 * n * 32 * 48, dtype=np.float32).reshape(1, 3, n, 32, 48)
+
+  jax.devices()  # JAX's backend (and its fork warning) is up, as it is during generation
+  with pytest.warns(RuntimeWarning, match=r"os\.fork\(\) was called"):  # the control: a fork is seen here
+    subprocess.run(["true"], preexec_fn=lambda: None, check=True)
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    written = video_io.write_video(TwoGroupsVae(), None, tmp_path / "clip.mp4")
+  assert [str(w.message) for w in caught] == []
+  frames = read_mp4(tmp_path / "clip.mp4", 32, 48)
+  expected = np.concatenate([video_io.to_uint8_frames(group) for group in TwoGroupsVae().decode_stream(None)])
+  assert written == len(frames) == 5 and frames.shape == expected.shape
+  # H.264 at near-lossless quality, 4:2:0 chroma: the smooth test pattern survives within a few levels.
+  assert np.abs(frames.astype(np.float32) - expected).mean() < 3
+
+
+def test_ffmpeg_failure_is_a_generation_error(tmp_path):
+  frame = np.zeros((32, 48, 3), np.uint8)
+  with pytest.raises(GenerationError, match="ffmpeg could not write"):
+    with video_io.Mp4Writer(tmp_path / "no_such_dir" / "clip.mp4") as writer:
+      writer.append(frame)
 
 
 def test_exported_student_is_restored(checkpoints, student):
@@ -290,5 +342,4 @@ def test_stage1_export_generates_with_no_student_flags(checkpoints, tmp_path):
   flags = model_flags(checkpoints) + [f"--student={export}", "--forward=recurrent", "--prompt=A cat", "--frames=9",
                                       "--size=32x32", "--steps=2", "--precision=fp32", f"--out-dir={out}"]
   assert cli.main(flags) == 0
-  with imageio.get_reader(out / "A cat-0.mp4") as reader:
-    assert len([frame for frame in reader]) == 9
+  assert len(read_mp4(out / "A cat-0.mp4", 32, 32)) == 9

@@ -2,7 +2,7 @@
 
   python tools/encode_videos.py (--videos-dir DIR | --video-list LIST) --vae VAE_DIR --t5 T5_DIR
       --tokenizer SPIECE --out OUT [--size 832x480] [--frames 81] [--frame-stride 1]
-      [--host-index I --num-hosts N] [--examples-per-shard 64] [--batch-size 1]
+      [--host-index I --num-hosts N] [--examples-per-shard 64] [--batch-size 1] [--text-len 512]
 
 --videos-dir: every video in DIR, captioned by <stem>.txt beside it (empty caption when absent).
 --video-list: a .csv with columns path,caption or a .jsonl of {"path": ..., "caption": ...}; relative paths
@@ -19,7 +19,7 @@ import sys
 
 from rehyat_jax.convert.umt5 import load_umt5
 from rehyat_jax.convert.wan_vae import load_wan_vae
-from rehyat_jax.data.tool_flags import run_tool, add_shard_flags, add_text_encoder_flags, parse_size, shard_kwargs
+from rehyat_jax.data.tool_flags import run_tool, add_shard_flags, add_text_encoder_flags, add_text_len_flag, parse_size, shard_kwargs
 from rehyat_jax.data.video_encoding import ClipSpec, check_videos, encode_videos, list_videos_dir, read_video_list
 from rehyat_jax.models.config import PrecisionPolicy
 from rehyat_jax.models.tokenizer import UMT5Tokenizer
@@ -32,6 +32,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   source.add_argument("--video-list", help=".csv (path,caption) or .jsonl list of videos")
   parser.add_argument("--vae", required=True, help="converted Wan VAE directory")
   add_text_encoder_flags(parser)
+  add_text_len_flag(parser)
   parser.add_argument("--size", type=parse_size, default=(832, 480), help="clip WIDTHxHEIGHT (default 832x480)")
   parser.add_argument("--frames", type=int, default=81, help="frames per clip, 4k + 1 (default 81)")
   parser.add_argument("--frame-stride", type=int, default=1, help="take every n-th frame (default 1)")
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     # Before loading the models: a bad size, frame count or path fails in seconds.
     spec.check()
     check_videos(videos)
-    tokenizer = UMT5Tokenizer(args.tokenizer)
+    tokenizer = UMT5Tokenizer(args.tokenizer, text_len=args.text_len)
     encoder = load_umt5(args.t5, PrecisionPolicy.named(args.precision))
     vae = load_wan_vae(args.vae)
     return encode_videos(

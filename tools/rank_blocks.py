@@ -2,7 +2,8 @@
 
   python tools/rank_blocks.py runs/distill_wan_1_3b/per_block_error.json --count 15 [--out blocks.txt]
 
-Prints (and optionally writes) e.g. ``0,2,5,...`` for ``--config.rehyat.converted_blocks=...``.
+Prints (and optionally writes) e.g. ``0,2,5,...`` for ``--config.rehyat.converted_blocks=...``; one block
+prints as ``[7]``, since a bare number there is a count of evenly spaced blocks, not a block id.
 """
 
 import argparse
@@ -19,7 +20,8 @@ def main(argv=None) -> int:
   p.add_argument("--out", help="also write the list to this file")
   args = p.parse_args(argv)
   try:
-    blocks = ",".join(map(str, rank_blocks(args.report, args.count)))
+    ranked = rank_blocks(args.report, args.count)
+    blocks = ",".join(map(str, ranked)) if len(ranked) > 1 else f"[{ranked[0]}]"
   except (ValueError, OSError, KeyError) as e:
     print(f"rank_blocks: {e}", file=sys.stderr)
     return 1

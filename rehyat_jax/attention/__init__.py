@@ -12,6 +12,7 @@ What lives where:
   feature_maps/       phi_q, phi_k (§3): ``FeatureMapConfig``, registry, one file per kind
   window/             the softmax window + joint normalisation of the parallel and recurrent
                       forms, one file per backend (XLA, fused Pallas kernels), registry
+  sequence_parallel.py  the parallel form with the frames split over the mesh's "sequence" axis
   kernel_sharding.py  running a Pallas kernel per batch/head shard of the context mesh
   softmax.py          full softmax attention (XLA, cuDNN, TPU splash)
   config.py           ``RehyatConfig``: what a student is (imported from its module, not here)
@@ -28,6 +29,8 @@ from rehyat_jax.attention.parallel import parallel_hybrid_attention
 from rehyat_jax.attention.recurrent import (RecurrentState, init_recurrent_state, recurrent_chunk_step,
                                             recurrent_hybrid_attention)
 from rehyat_jax.attention.reference import reference_hybrid_attention
+from rehyat_jax.attention.sequence_parallel import (check_sequence_split, linear_state_bytes,
+                                                    sequence_parallel_hybrid_attention)
 from rehyat_jax.attention.softmax import SOFTMAX_BACKENDS, softmax_attention
 from rehyat_jax.attention.window import (WINDOW_BACKENDS, WindowKernelConfig, check_window_chunks_per_step,
                                          check_window_settings, register_window_backend, window_attention)
@@ -40,4 +43,5 @@ __all__ = [
     "joint_normalise", "make_geometry", "parallel_hybrid_attention", "recurrent_chunk_step",
     "recurrent_hybrid_attention", "reference_hybrid_attention", "register_feature_map",
     "register_window_backend", "softmax_attention", "validate_hybrid_inputs", "window_attention",
+    "check_sequence_split", "linear_state_bytes", "sequence_parallel_hybrid_attention",
 ]

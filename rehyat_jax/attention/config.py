@@ -20,12 +20,14 @@ PHI_INPUTS = ("post_rope", "pre_rope")
 
 
 def parse_converted_blocks(value: Any) -> str | int | tuple[int, ...]:
-  """'all' | a count | block ids, given as a value or as text ('15', '1,5,7', '[1, 5]')."""
+  """'all' | a count | block ids, given as a value or as text ('15', '1,5,7', '[1, 5]', '[7]', '7,': a bare
+  number is a count; brackets or a comma make it block ids)."""
   if isinstance(value, str) and value != "all":
+    bracketed = value.strip().startswith(("[", "("))
     text = value.strip().strip("[]()")
     if not text:
       raise ValueError("rehyat.converted_blocks is empty text; use 'all', a count (0 converts none) or block ids")
-    if re.fullmatch(r"\d+", text):
+    if re.fullmatch(r"\d+", text) and not bracketed:
       return int(text)
     try:
       return tuple(int(v) for v in text.split(",") if v.strip())

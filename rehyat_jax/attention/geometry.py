@@ -79,14 +79,21 @@ class ChunkGeometry:
     hi = lo + valid.sum(axis=1)
     return (np.stack([lo, hi], axis=1) * self.tokens_per_frame).astype(np.int32)
 
-  def linear_membership(self, causal: bool) -> np.ndarray:
-    """float32 [num_chunks, num_frames]: 1 where frame f belongs to L_t."""
-    member = np.zeros((self.num_chunks, self.num_frames), np.float32)
+  def linear_membership(self, causal: bool, halo_frames: int = 0) -> np.ndarray:
+    """float32 [num_chunks, halo_frames + num_frames]: 1 where frame f belongs to L_t.
+
+    ``halo_frames``: the columns start that many frames before frame 0. A sequence shard
+    (``sequence_parallel.py``) is this geometry preceded by the real frames of earlier shards,
+    so S_t there starts at t*Tc - To unclipped down to -halo_frames, and the halo frames before
+    it belong to L_t (halo frames before the video start carry zero features).
+    """
+    member = np.zeros((self.num_chunks, halo_frames + self.num_frames), np.float32)
     for t in range(self.num_chunks):
-      lo, hi = self.softmax_frames(t)
-      member[t, :lo] = 1.0
+      _, hi = self.softmax_frames(t)
+      lo = max(t * self.chunk_frames - self.overlap_frames, -halo_frames)
+      member[t, :halo_frames + lo] = 1.0
       if not causal:
-        member[t, hi:] = 1.0
+        member[t, halo_frames + hi:] = 1.0
     return member
 
 

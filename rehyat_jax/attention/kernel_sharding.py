@@ -4,8 +4,9 @@ A ``pallas_call`` carries no sharding rule: under a multi-device ``jit`` GSPMD w
 operands onto every device and run the whole kernel everywhere. Attention is independent per
 sample and per head, so the kernels here (the fused ReHyAt window, TPU splash) are wrapped in
 ``jax.shard_map`` over the batch axes (data, fsdp) and the head axis (tensor) of the mesh set
-with ``jax.set_mesh`` (the training loop sets it). Without a context mesh, or when neither the
-batch nor the head count divides over its axes, the kernel runs as is.
+with ``jax.set_mesh`` (the training loop sets it). Without a context mesh, when neither the
+batch nor the head count divides over its axes, or inside a ``shard_map`` that made those axes
+manual already (the sequence-parallel form, ``sequence_parallel.py``), the kernel runs as is.
 """
 
 from __future__ import annotations
@@ -28,9 +29,12 @@ def context_mesh_size() -> int:
   return 1 if mesh.empty else math.prod(mesh.shape.values())
 
 
-def _mesh_axes_for(mesh, batch: int, heads: int) -> tuple[tuple[str, ...], str | None]:
-  """The batch and head mesh axes that divide ``batch`` and ``heads`` (size-1 axes dropped)."""
-  sizes = dict(mesh.shape)
+def batch_and_head_axes(mesh, batch: int, heads: int) -> tuple[tuple[str, ...], str | None]:
+  """The batch and head mesh axes that divide ``batch`` and ``heads`` (size-1 axes dropped, and
+  axes already manual: inside a ``shard_map`` over them, e.g. the sequence-parallel form's, the
+  operands are per-shard already)."""
+  manual = set(getattr(mesh, "manual_axes", ()))
+  sizes = {name: size for name, size in mesh.shape.items() if name not in manual}
   batch_axes = tuple(a for a in BATCH_AXES if sizes.get(a, 1) > 1)
   if batch % math.prod(sizes[a] for a in batch_axes):
     batch_axes = ()
@@ -60,7 +64,7 @@ def map_over_batch_and_heads(fn: Callable[..., jax.Array], args: Sequence[jax.Ar
     return fn(*args)
   first = next(i for i, layout in enumerate(layouts) if layout is not None)
   batch_dim, head_dim = layouts[first]
-  batch_axes, head_axis = _mesh_axes_for(mesh, args[first].shape[batch_dim],
+  batch_axes, head_axis = batch_and_head_axes(mesh, args[first].shape[batch_dim],
                                          args[first].shape[head_dim])
   if not batch_axes and head_axis is None:
     return fn(*args)

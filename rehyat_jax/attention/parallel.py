@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from rehyat_jax.attention.geometry import ChunkGeometry, validate_hybrid_inputs
-from rehyat_jax.attention.numerics import clamp_features
+from rehyat_jax.attention.numerics import clamp_features, feature_einsum
 from rehyat_jax.attention.window import WindowKernelConfig, check_window_chunks_per_step, window_attention
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -32,56 +32,91 @@ def pad_to_chunks(x: jax.Array, geometry: ChunkGeometry) -> jax.Array:
   return x.reshape(b, geometry.num_chunks, geometry.chunk_frames * geometry.tokens_per_frame, h, d)
 
 
-def chunk_windows(x_chunks: jax.Array, geometry: ChunkGeometry) -> jax.Array:
+def chunk_windows(x_chunks: jax.Array, geometry: ChunkGeometry,
+                  halo: jax.Array | None = None) -> jax.Array:
   """[B, chunks, Tc*HW, H, d] -> [B, chunks, (To+Tc)*HW, H, d]: the To frames before each chunk
-  (from as many earlier chunks as To spans; zeros before the video start), then the chunk."""
+  (from as many earlier chunks as To spans), then the chunk.
+
+  ``halo``: [B, To*HW, H, d], the To frames before the first chunk (a sequence shard's frames
+  from earlier shards, ``sequence_parallel.py``); None: zeros (the video start).
+  """
   hw, tc, to = geometry.tokens_per_frame, geometry.chunk_frames, geometry.overlap_frames
   if to == 0:
     return x_chunks
+  b, n, _, h, d = x_chunks.shape
+  if halo is None:
+    halo = jnp.zeros((b, to * hw, h, d), x_chunks.dtype)
   earlier = -(-to // tc)
-  padded = jnp.pad(x_chunks, ((0, 0), (earlier, 0), (0, 0), (0, 0), (0, 0)))
-  n = geometry.num_chunks
+  # The halo, zero-padded in front to whole chunks, plays the chunks before the first one.
+  halo = jnp.pad(halo.astype(x_chunks.dtype), ((0, 0), ((earlier * tc - to) * hw, 0), (0, 0), (0, 0)))
+  padded = jnp.concatenate([halo.reshape(b, earlier, tc * hw, h, d), x_chunks], axis=1)
   pieces = [padded[:, earlier - back:earlier - back + n] for back in range(earlier, -1, -1)]
   stacked = jnp.concatenate(pieces, axis=2)  # chunks t-earlier .. t, frames in order
   return stacked[:, :, (earlier * tc - to) * hw:]
 
 
+def frame_sums(phi_k: jax.Array, v: jax.Array,
+               tokens_per_frame: int) -> tuple[jax.Array, jax.Array]:
+  """Per-frame sums phi_k v^T [B, F, H, D', D] and phi_k [B, F, H, D'], float32 (products in
+  phi_k's precision class: ``numerics.feature_einsum``)."""
+  b, n, h, d = v.shape
+  frames = n // tokens_per_frame
+  phi_frames = phi_k.reshape(b, frames, tokens_per_frame, h, phi_k.shape[-1])
+  v_frames = v.reshape(b, frames, tokens_per_frame, h, d)
+  kv_per_frame = feature_einsum("bfnhp,bfnhd->bfhpd", phi_frames, v_frames)
+  z_per_frame = jnp.sum(phi_frames, axis=2, dtype=jnp.float32)
+  return kv_per_frame, z_per_frame
+
+
+def mix_frames(weights: jax.Array, kv_per_frame: jax.Array,
+               z_per_frame: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Weighted sums over frames of ``frame_sums``: weights [R, F] -> [B, R, H, D', D], [B, R, H, D']."""
+  weights = jnp.asarray(weights, jnp.float32)
+  kv = jnp.einsum("cf,bfhpd->bchpd", weights, kv_per_frame, precision=_HIGHEST)
+  z = jnp.einsum("cf,bfhp->bchp", weights, z_per_frame, precision=_HIGHEST)
+  return kv, z
+
+
 def linear_states(phi_k: jax.Array, v: jax.Array, geometry: ChunkGeometry,
                   causal: bool) -> tuple[jax.Array, jax.Array]:
-  """KV_L [B, C, H, D', D] and z_L [B, C, H, D'] of every chunk, float32."""
-  b, _, h, d = v.shape
-  frames, hw = geometry.num_frames, geometry.tokens_per_frame
-  phi_frames = phi_k.astype(jnp.float32).reshape(b, frames, hw, h, phi_k.shape[-1])
-  v_frames = v.astype(jnp.float32).reshape(b, frames, hw, h, d)
-  kv_per_frame = jnp.einsum("bfnhp,bfnhd->bfhpd", phi_frames, v_frames, precision=_HIGHEST)
-  z_per_frame = jnp.sum(phi_frames, axis=2)
-  membership = jnp.asarray(geometry.linear_membership(causal))
-  kv_l = jnp.einsum("cf,bfhpd->bchpd", membership, kv_per_frame, precision=_HIGHEST)
-  z_l = jnp.einsum("cf,bfhp->bchp", membership, z_per_frame, precision=_HIGHEST)
-  return kv_l, z_l
+  """KV_L [B, C, H, D', D] and z_L [B, C, H, D'] of every chunk, float32 (products in phi_k's
+  precision class: ``numerics.feature_einsum``)."""
+  return mix_frames(geometry.linear_membership(causal),
+                    *frame_sums(phi_k, v, geometry.tokens_per_frame))
 
 
-def window_operands(q: jax.Array, k: jax.Array, v: jax.Array,
-                    geometry: ChunkGeometry) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """q per chunk [B, C, Tc*HW, H, D] and k, v per softmax window [B, C, (To+Tc)*HW, H, D]."""
-  windows = lambda x: chunk_windows(pad_to_chunks(x, geometry), geometry)
-  return pad_to_chunks(q, geometry), windows(k), windows(v)
+def window_operands(q: jax.Array, k: jax.Array, v: jax.Array, geometry: ChunkGeometry,
+                    k_halo: jax.Array | None = None, v_halo: jax.Array | None = None
+                    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """q per chunk [B, C, Tc*HW, H, D] and k, v per softmax window [B, C, (To+Tc)*HW, H, D].
+
+  ``k_halo``, ``v_halo``: the To frames before frame 0 (``chunk_windows``); None: zeros.
+  """
+  k_windows = chunk_windows(pad_to_chunks(k, geometry), geometry, k_halo)
+  v_windows = chunk_windows(pad_to_chunks(v, geometry), geometry, v_halo)
+  return pad_to_chunks(q, geometry), k_windows, v_windows
+
+
+def linear_readout(phi_q: jax.Array, kv_l: jax.Array, z_l: jax.Array,
+                   geometry: ChunkGeometry) -> tuple[jax.Array, jax.Array]:
+  """phi_q . KV_L [B, C, Tc*HW, H, D] and phi_q . z_L [B, C, Tc*HW, H], float32, from the
+  states of ``linear_states`` [B, C, H, D', D] and [B, C, H, D']."""
+  phi_q_chunks = pad_to_chunks(phi_q, geometry)
+  lin_num = feature_einsum("bcqhp,bchpd->bcqhd", phi_q_chunks, kv_l)
+  lin_den = feature_einsum("bcqhp,bchp->bcqh", phi_q_chunks, z_l)
+  return lin_num, lin_den
 
 
 def linear_terms(phi_q: jax.Array, phi_k: jax.Array, v: jax.Array, geometry: ChunkGeometry,
                  causal: bool) -> tuple[jax.Array, jax.Array]:
   """phi_q . KV_L [B, C, Tc*HW, H, D] and phi_q . z_L [B, C, Tc*HW, H] of every chunk, float32."""
-  kv_l, z_l = linear_states(phi_k, v, geometry, causal)
-  phi_q_chunks = pad_to_chunks(phi_q, geometry).astype(jnp.float32)
-  lin_num = jnp.einsum("bcqhp,bchpd->bcqhd", phi_q_chunks, kv_l, precision=_HIGHEST)
-  lin_den = jnp.einsum("bcqhp,bchp->bcqh", phi_q_chunks, z_l, precision=_HIGHEST)
-  return lin_num, lin_den
+  return linear_readout(phi_q, *linear_states(phi_k, v, geometry, causal), geometry)
 
 
 def parallel_hybrid_attention(q: jax.Array, k: jax.Array, v: jax.Array, phi_q: jax.Array,
                               phi_k: jax.Array, *, tokens_per_frame: int, chunk_frames: int,
                               overlap_frames: int, causal: bool, window_backend: str = "auto",
-                              window_backward: str = "xla", window_chunks_per_step: int | None = None,
+                              window_backward: str = "auto", window_chunks_per_step: int | None = None,
                               kernel_config: WindowKernelConfig = WindowKernelConfig()
                               ) -> jax.Array:
   """ReHyAt hybrid attention, chunk-parallel form. Same contract as the reference form.

@@ -4,7 +4,8 @@ Two record kinds, each a TFDS ``GeneratorBasedBuilder`` whose shapes come from i
 
 * ``WanLatentsDataset``: ``latents`` float32 ``[16, F, H, W]`` (Wan2.1 normalised VAE latents),
   ``text_embedding`` ``[L, D]`` (umT5 output), ``text_length`` int32, ``caption`` and ``key`` strings.
-* ``PromptEmbeddingsDataset``: ``prompt`` string, ``text_embedding`` ``[L, D]``, ``text_length`` int32.
+* ``PromptEmbeddingsDataset``: ``prompt`` string, ``text_embedding`` ``[L, D]``, ``text_length`` int32; the
+  prompts in split 'train', the negative prompt of classifier-free guidance as split ``NEGATIVE_SPLIT``.
 
 Storage dtypes (decided here, read back by ``sources`` and decoded by ``pipeline``):
 
@@ -53,6 +54,9 @@ WAN_480P_LATENT_SHAPE: Shape = (16, 21, 60, 104)
 # umT5-XXL: 512 tokens of width 4096.
 UMT5_TEXT_SHAPE: Shape = (512, 4096)
 FILE_FORMAT = "array_record"
+# The split of a prompt dataset holding the one negative prompt that guidance steers away from (stage 1
+# follows the inference sampler, classifier-free guidance included).
+NEGATIVE_SPLIT = "negative"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -312,9 +316,11 @@ def write_latent_dataset(out_dir: str | os.PathLike, examples: Iterable[Mapping[
 
 def write_prompt_dataset(out_dir: str | os.PathLike, examples: Iterable[Mapping[str, Any]], *,
                          text_shape: Iterable[int] = UMT5_TEXT_SHAPE, split: str = "train",
-                         num_shards: int | None = None) -> Path:
-  """Writes one split of prompt examples (see ``make_prompt_record``); returns the dataset directory."""
-  builder = PromptEmbeddingsDataset(data_dir=out_dir, text_shape=text_shape, examples_by_split={split: examples})
+                         num_shards: int | None = None, negative: Mapping[str, Any] | None = None) -> Path:
+  """Writes one split of prompt examples (see ``make_prompt_record``), and the negative prompt's embedding as
+  split ``NEGATIVE_SPLIT`` when ``negative`` (an example) is given; returns the dataset directory."""
+  examples_by_split = {split: examples, **({NEGATIVE_SPLIT: [negative]} if negative is not None else {})}
+  builder = PromptEmbeddingsDataset(data_dir=out_dir, text_shape=text_shape, examples_by_split=examples_by_split)
   return _prepare(builder, num_shards)
 
 

@@ -27,10 +27,11 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from rehyat_jax.data.builders import PromptEmbeddingsDataset, RecordBuilder, finalize_dataset, shard_path, \
-    write_shard
+from rehyat_jax.data.builders import NEGATIVE_SPLIT, PromptEmbeddingsDataset, RecordBuilder, finalize_dataset, \
+    shard_path, write_shard
 from rehyat_jax.models.tokenizer import UMT5Tokenizer
 from rehyat_jax.models.umt5 import UMT5Encoder, encode_for_wan
+from rehyat_jax.sampling.guidance import WAN_NEGATIVE_PROMPT
 
 SPLIT = "train"
 
@@ -161,16 +162,25 @@ def read_prompts(path: str | os.PathLike) -> list[str]:
 def encode_prompts(prompts: Sequence[str], tokenizer: UMT5Tokenizer, encoder: UMT5Encoder,
                    out_dir: str | os.PathLike, *, host_index: int = 0, num_hosts: int = 1,
                    examples_per_shard: int = 1024, batch_size: int = 8,
-                   finalize: bool | None = None) -> EncodingSummary:
+                   finalize: bool | None = None, negative_prompt: str = WAN_NEGATIVE_PROMPT) -> EncodingSummary:
   """Writes this host's shards of the ``PromptEmbeddingsDataset`` of ``prompts`` under ``out_dir``.
 
   See the module docstring for the shard plan, resuming and finalising. Record ``i`` of the finished dataset
-  is ``prompts[i]``.
+  is ``prompts[i]``. The host that finalises also writes ``negative_prompt`` (empty: Wan's default, as
+  generation does) as split ``NEGATIVE_SPLIT``, the negative branch of the guided teacher trajectories that
+  stage 1 distils on.
   """
   prompts = list(prompts)
   if not prompts:
     raise ValueError("nothing to encode: the prompt list is empty")
   builder = PromptEmbeddingsDataset(data_dir=out_dir, text_shape=text_shape(tokenizer, encoder))
+  finalizing = host_index == num_hosts - 1 if finalize is None else finalize
+  negative_path = shard_path(builder, NEGATIVE_SPLIT, 0, 1)
+  if finalizing and not builder.is_prepared() and not negative_path.exists():
+    negative_prompt = negative_prompt or WAN_NEGATIVE_PROMPT
+    ((embedding, length),) = encode_texts([negative_prompt], tokenizer, encoder, batch_size)
+    write_shard(builder, [{"prompt": negative_prompt, "text_embedding": embedding, "text_length": length}],
+                split=NEGATIVE_SPLIT, shard_index=0, num_shards=1)
 
   def make_examples(indices: range) -> Iterator[dict[str, Any]]:
     shard_prompts = [prompts[i] for i in indices]

@@ -6,7 +6,9 @@ strings as UTF-8 ``bytes``, as TFDS returns them. ``pipeline.decode_record`` tur
 dtypes.
 
 ``open_latent_source`` / ``open_prompt_source`` read through ``tfds.builder_from_directory(d).as_data_source``
-(no TensorFlow). TFDS and array_record only notice a missing or truncated shard on the first read that
+(no TensorFlow). They take the dataset directory (``<out>/<name>/<config>/<version>``) or any folder above it,
+such as the ``--out`` folder of a dataset tool: the one dataset of the wanted kind below it is opened, and none
+or several is an error that lists what was found. TFDS and array_record only notice a missing or truncated shard on the first read that
 touches it, deep inside a Grain thread, so opening checks every shard of the split first (that it exists and
 that its footer holds the record count the metadata promises: a read of each file's footer, not of its
 records) and reports all problems in one ``DataSourceError`` naming the files. A record damaged inside a
@@ -62,25 +64,51 @@ class CheckedSource:
 
 
 def open_latent_source(data_dir: str | os.PathLike, split: str = "train") -> CheckedSource:
-  """Opens a split written by ``write_latent_dataset`` / ``finalize_dataset`` (the directory they return)."""
+  """Opens a split written by ``write_latent_dataset`` / ``finalize_dataset`` (their directory or a folder above)."""
   return _open_checked(Path(data_dir), split, LATENT_FEATURES, "latent")
 
 
 def open_prompt_source(data_dir: str | os.PathLike, split: str = "train") -> CheckedSource:
-  """Opens a split written by ``write_prompt_dataset`` / ``finalize_dataset``."""
+  """Opens a split written by ``write_prompt_dataset`` / ``finalize_dataset`` (their directory or a folder above)."""
   return _open_checked(Path(data_dir), split, PROMPT_FEATURES, "prompt")
 
 
-def _open_checked(data_dir: Path, split: str, features: Sequence[str], kind: str) -> CheckedSource:
-  if not (data_dir / "dataset_info.json").is_file():
-    raise DataSourceError(_not_a_dataset_message(data_dir))
+def _read_builder(data_dir: Path):
   try:
-    builder = tfds.builder_from_directory(os.fspath(data_dir))
+    return tfds.builder_from_directory(os.fspath(data_dir))
   except Exception as error:  # malformed dataset_info.json / features.json
     raise DataSourceError(f"cannot read the TFDS metadata in {data_dir}: {type(error).__name__}: {error}") \
         from error
+
+
+def _has_features(builder, features: Sequence[str]) -> bool:
+  return set(features) <= set(builder.info.features.keys())
+
+
+def resolve_dataset_dir(data_dir: str | os.PathLike, features: Sequence[str], kind: str) -> Path:
+  """The dataset directory of ``data_dir``: itself if it holds ``dataset_info.json``, else the one finalised
+  dataset below it whose features include ``features`` (a tool's ``--out`` folder holds
+  ``<name>/<config>/<version>/``). None or several below it is a ``DataSourceError`` listing what is there."""
+  data_dir = Path(data_dir)
+  if (data_dir / "dataset_info.json").is_file():
+    return data_dir
+  if not data_dir.is_dir():
+    raise DataSourceError(_not_a_dataset_message(data_dir, kind))
+  below = sorted(p.parent for p in data_dir.rglob("dataset_info.json") if "incomplete" not in p.parent.name)
+  matching = [d for d in below if _has_features(_read_builder(d), features)]
+  if len(matching) == 1:
+    return matching[0]
+  if len(matching) > 1:
+    raise DataSourceError(f"{data_dir} holds {len(matching)} {kind} datasets; pass one of them: "
+                          + ", ".join(map(str, matching)))
+  raise DataSourceError(_not_a_dataset_message(data_dir, kind, others=below))
+
+
+def _open_checked(data_dir: Path, split: str, features: Sequence[str], kind: str) -> CheckedSource:
+  data_dir = resolve_dataset_dir(data_dir, features, kind)
+  builder = _read_builder(data_dir)
   found = sorted(builder.info.features.keys())
-  if not set(features) <= set(found):
+  if not _has_features(builder, features):
     raise DataSourceError(f"{data_dir} is not a {kind} dataset: its features are {found}, "
                           f"a {kind} dataset has {sorted(features)}")
   if split not in builder.info.splits:
@@ -97,15 +125,16 @@ def _open_checked(data_dir: Path, split: str, features: Sequence[str], kind: str
                        tuple(itertools.accumulate(split_info.shard_lengths)))
 
 
-def _not_a_dataset_message(data_dir: Path) -> str:
+def _not_a_dataset_message(data_dir: Path, kind: str, others: Sequence[Path] = ()) -> str:
   if not data_dir.exists():
     return f"dataset directory {data_dir} does not exist"
-  message = f"no TFDS dataset in {data_dir} (no dataset_info.json)"
-  if any(data_dir.glob("*.array_record-*")):
-    return message + "; it holds shard files: run builders.finalize_dataset once all shards are written"
-  below = sorted(str(p.parent) for p in data_dir.rglob("dataset_info.json"))
-  if below:
-    return message + "; pass a dataset directory (<out_dir>/<name>/<config>/<version>), e.g. " + ", ".join(below[:4])
+  if others:
+    return (f"no {kind} dataset in {data_dir}; the datasets below it are of another kind: "
+            + ", ".join(map(str, others[:4])))
+  message = f"no TFDS dataset in {data_dir} or below it (no dataset_info.json)"
+  if any(data_dir.rglob("*.array_record-*")):
+    return message + ("; it holds shard files: the dataset is not finalised yet (rerun the tool on its last host, "
+                      "or with --finalize, once all shards are written; or call builders.finalize_dataset)")
   return message
 
 

@@ -25,6 +25,15 @@ def add_text_encoder_flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--out", required=True, help="output directory (the dataset goes below it)")
 
 
+def add_text_len_flag(parser: argparse.ArgumentParser) -> None:
+  """Tokens per text embedding: the DiT's text_len (every Wan2.1 DiT: 512); training fits shorter embeddings to
+  the DiT with zero rows, as Wan pads, but refuses longer ones."""
+  from rehyat_jax.models.tokenizer import WAN_TEXT_LEN  # pylint: disable=g-import-not-at-top
+  parser.add_argument("--text-len", type=int, default=WAN_TEXT_LEN,
+                      help=f"tokens per prompt, the DiT's text_len (default {WAN_TEXT_LEN}, Wan2.1's); longer "
+                           "prompts keep text_len - 1 pieces and EOS")
+
+
 def add_shard_flags(parser: argparse.ArgumentParser, *, examples_per_shard: int, batch_size: int,
                     batch_help: str) -> None:
   """Host sharding (resumable: existing shards are skipped), shard size, batch size, finalisation."""

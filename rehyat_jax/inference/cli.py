@@ -1,26 +1,27 @@
 """Text-to-video generation: prompt -> umT5 -> flow sampling with CFG -> streamed VAE decode -> mp4.
 
-  python -m rehyat_jax.generate --dit CKPT/dit --t5 CKPT/t5 --tokenizer WAN_DIR --vae CKPT/vae \\
-      --prompt "A cat walks on the grass" --out-dir videos/ [--frames 81] [--size 832*480] [--steps 50]
-      [--guidance 5.0] [--shift 5.0] [--solver unipc|euler] [--seed 0] [--precision bf16]
-      [--student EXPORT_DIR [--forward parallel|recurrent] [--hybrid-form parallel] [--window-backend auto]]
-      [--save-latents]
+  python -m rehyat_jax.generate --dit ckpt/dit --t5 ckpt/t5 --tokenizer WAN_DIR --vae ckpt/vae \\
+      --prompt "A cat walks on the grass" --out-dir videos/
+  python -m rehyat_jax.generate ... --student runs/distill_wan_1_3b/student_export --forward recurrent
   python -m rehyat_jax.generate ... --prompts-file vbench_prompts.txt --seeds-per-prompt 5
 
-``--dit``, ``--t5`` and ``--vae`` are converted checkpoint folders (``convert_wan_checkpoint``,
-``convert_umt5_checkpoint``, ``convert_wan_vae``); ``--tokenizer`` is ``spiece.model`` or a folder holding it.
-``--student`` is a student export written by stage 1 (``student.json`` + adapters): it says what the student
-is (chunking, causality, feature map, converted blocks), so no ReHyAt setting is typed here, and it must have
-been distilled from the ``--dit`` teacher. Without it the DiT is the softmax teacher. ``--hybrid-form`` and
-``--window-backend`` only choose how the student's attention runs inside a whole-sequence forward.
-Videos are named VBench style, ``{prompt}-{i}.mp4`` with seed ``seed + i`` for i < seeds per prompt.
+The model folders are converted checkpoints, written from a Wan2.1 release (e.g. Wan2.1-T2V-1.3B/) by
+  python tools/convert_wan_weights.py WAN_DIR ckpt/dit
+  python tools/convert_wan_weights.py WAN_DIR/models_t5_umt5-xxl-enc-bf16.pth ckpt/t5 --component umt5
+  python tools/convert_wan_weights.py WAN_DIR/Wan2.1_VAE.pth ckpt/vae --component vae
+and --tokenizer is WAN_DIR itself (its google/umt5-xxl/spiece.model is found there).
 
-Flow per video (Wan2.1's ``WanT2V.generate``): tokenize and umT5-encode the prompt and the negative prompt
-(Wan's default), draw seeded noise [1, 16, (frames - 1) / 4 + 1, H / 8, W / 8], run the sampler with
-classifier-free guidance (two DiT passes per step: the parallel forward, or with ``--forward recurrent``
-``recurrent_forward`` for a fully causal ReHyAt student, whose memory does not grow with the video length),
-then decode latent frame by latent frame (``WanVAE.decode_stream``) straight into an mp4 writer at 16 fps.
-Every argument is validated before any model is loaded or compiled.
+--student is a student export written by training stage 1 (student.json + adapters): it says what the student
+is (chunking, causality, feature map, converted blocks), so no ReHyAt setting is typed here, and it must have
+been distilled from the --dit teacher. Without it the DiT is the softmax teacher. --hybrid-form and
+--window-backend only choose how the student's attention runs inside a whole-sequence forward.
+Videos are named VBench style, {prompt}-{i}.mp4, with seed + i for the i-th video of a prompt.
+
+Per video (Wan2.1's WanT2V.generate): tokenize and umT5-encode the prompt and the negative prompt, draw seeded
+noise [1, 16, (frames - 1) / 4 + 1, height / 8, width / 8], run the sampler with classifier-free guidance (two
+DiT passes per step: the parallel forward, or with --forward recurrent the chunk-by-chunk forward of a fully
+causal ReHyAt student, whose memory does not grow with the video length), then decode latent frame by latent
+frame straight into an mp4 at 16 fps. Every argument is checked before any model is loaded or compiled.
 """
 
 from __future__ import annotations
@@ -54,42 +55,62 @@ def parse_size(text: str) -> tuple[int, int]:
   return int(match.group(1)), int(match.group(2))
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+  """Keeps the description's line breaks (its example commands); defaults are written into each help text."""
+
+
 def build_parser() -> argparse.ArgumentParser:
   # Names are checked by validate_args, not argparse choices: a bad one is a one-line error and exit 2
   # from main (argparse would raise SystemExit instead of returning).
   p = argparse.ArgumentParser(prog="python -m rehyat_jax.generate", description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.RawDescriptionHelpFormatter,
-                              epilog=__doc__.split("\n\n", 1)[1])
-  p.add_argument("--dit", required=True, help="converted DiT folder (convert_wan_checkpoint): the teacher")
-  p.add_argument("--t5", required=True, help="converted umT5 folder (convert_umt5_checkpoint)")
-  p.add_argument("--tokenizer", required=True, help="spiece.model, or a folder holding it")
-  p.add_argument("--vae", required=True, help="converted VAE folder (convert_wan_vae)")
+                              formatter_class=HelpFormatter,
+                              epilog="examples:\n" + __doc__.split("\n\n", 1)[1])
+  p.add_argument("--dit", required=True, metavar="DIR",
+                 help="converted DiT folder (tools/convert_wan_weights.py WAN_DIR DIR): the teacher")
+  p.add_argument("--t5", required=True, metavar="DIR",
+                 help="converted umT5 text encoder folder (tools/convert_wan_weights.py ... --component umt5)")
+  p.add_argument("--tokenizer", required=True, metavar="PATH",
+                 help="umT5's spiece.model, a folder holding it, or the Wan2.1 release folder (google/umt5-xxl/)")
+  p.add_argument("--vae", required=True, metavar="DIR",
+                 help="converted VAE folder (tools/convert_wan_weights.py ... --component vae)")
   prompts = p.add_mutually_exclusive_group(required=True)
   prompts.add_argument("--prompt", help="one prompt")
-  prompts.add_argument("--prompts-file", help="one prompt per line (VBench style batch)")
-  p.add_argument("--seeds-per-prompt", type=int, default=None,
-                 help="videos per prompt, seeds seed..seed+n-1 (default: 5 with --prompts-file, else 1)")
-  p.add_argument("--negative-prompt", default=WAN_NEGATIVE_PROMPT, help="default (or when empty): Wan2.1's")
-  p.add_argument("--out-dir", default="videos")
-  p.add_argument("--frames", type=int, default=81, help="video frames, 4k+1")
-  p.add_argument("--size", type=parse_size, default=(832, 480), help="WIDTHxHEIGHT or W*H, multiples of 16")
-  p.add_argument("--steps", type=int, default=WAN_T2V_SAMPLING_STEPS)
-  p.add_argument("--guidance", type=float, default=WAN_T2V_GUIDANCE_SCALE, help="CFG scale; 1 turns CFG off")
-  p.add_argument("--shift", type=float, default=WAN_T2V_SHIFT)
-  p.add_argument("--solver", default="unipc", help=f"one of {SOLVERS}")
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--precision", default="bf16", help="DiT and umT5 precision: fp32 | bf16 | bf16_params")
+  prompts.add_argument("--prompts-file", metavar="FILE", help="one prompt per line (a VBench-style batch)")
+  p.add_argument("--seeds-per-prompt", type=int, default=None, metavar="N",
+                 help="videos per prompt, with seeds seed .. seed+N-1 (default: 5 with --prompts-file, else 1)")
+  p.add_argument("--negative-prompt", default=WAN_NEGATIVE_PROMPT, metavar="TEXT",
+                 help="what guidance steers away from (default, also when empty: Wan2.1's standard negative "
+                      "prompt, a Chinese list of artefacts)")
+  p.add_argument("--out-dir", default="videos", metavar="DIR", help="where the videos go (default: %(default)s)")
+  p.add_argument("--frames", type=int, default=81, help="video frames, of the form 4k+1 (default: %(default)s)")
+  p.add_argument("--size", type=parse_size, default=(832, 480), metavar="WxH",
+                 help="WIDTHxHEIGHT (or Wan's W*H), multiples of 16 (default: 832x480)")
+  p.add_argument("--steps", type=int, default=WAN_T2V_SAMPLING_STEPS,
+                 help="sampler steps; each runs the DiT twice with guidance (default: %(default)s)")
+  p.add_argument("--guidance", type=float, default=WAN_T2V_GUIDANCE_SCALE,
+                 help="classifier-free guidance scale; 1 turns guidance off (default: %(default)s)")
+  p.add_argument("--shift", type=float, default=WAN_T2V_SHIFT,
+                 help="timestep shift of the noise schedule: larger spends more steps at high noise "
+                      "(default: %(default)s, Wan2.1 T2V's)")
+  p.add_argument("--solver", default="unipc", help=f"sampler, one of {', '.join(SOLVERS)} (default: %(default)s)")
+  p.add_argument("--seed", type=int, default=0, help="noise seed of each prompt's first video (default: %(default)s)")
+  p.add_argument("--precision", default="bf16",
+                 help="DiT and umT5 precision: fp32 | bf16 (bf16 matmuls, fp32 weights) | bf16_params "
+                      "(default: %(default)s)")
   p.add_argument("--save-latents", action="store_true", help="also write each video's final latents (.npy)")
   s = p.add_argument_group("ReHyAt student (its settings come from the export's student.json)")
   s.add_argument("--student", default=None, metavar="EXPORT_DIR",
-                 help="student export written by stage 1; without it the DiT is the softmax teacher")
+                 help="student export written by stage 1 (<workdir>/student_export); without it the DiT is the "
+                      "softmax teacher")
   s.add_argument("--forward", default="parallel",
-                 help=f"one of {FORWARDS}: the whole DiT at once, or chunk by chunk with flat memory "
-                      "(recurrent: every block of the student causal ReHyAt)")
+                 help=f"one of {', '.join(FORWARDS)}: the whole DiT at once, or chunk by chunk with flat memory "
+                      "(recurrent needs every block of the student causal ReHyAt) (default: %(default)s)")
   s.add_argument("--hybrid-form", default="parallel",
-                 help=f"one of {FORMS}: how the student's attention runs inside a parallel forward")
+                 help=f"how the student's attention runs inside a parallel forward, one of {', '.join(FORMS)} "
+                      "(default: %(default)s)")
   s.add_argument("--window-backend", default="auto",
-                 help=f"softmax window of the student: one of {WINDOW_CHOICES} (auto: the fused kernel on GPU)")
+                 help=f"softmax window of the student, one of {', '.join(WINDOW_CHOICES)} (default: %(default)s: "
+                      "the fused kernel on GPU, XLA elsewhere)")
   return p
 
 

@@ -22,6 +22,7 @@ from rehyat_jax.attention import (FORMS, SOFTMAX_BACKENDS, RecurrentState, build
                                   check_window_chunks_per_step, check_window_settings, hybrid_attention, init_recurrent_state,
                                   recurrent_chunk_step, softmax_attention)
 from rehyat_jax.attention.config import RehyatConfig
+from rehyat_jax.core.sharding import shard_tokens
 from rehyat_jax.models import rope as rope_lib
 from rehyat_jax.models.config import PrecisionPolicy, WanConfig
 from rehyat_jax.models.layers import (AffineLayerNorm, MLP2, PatchEmbed, RMSNorm, annotated_param, dense,
@@ -46,7 +47,8 @@ class RuntimeConfig:
   run and never stored with a student. ``softmax_backend``: full softmax attention
   (``attention.SOFTMAX_BACKENDS``). ReHyAt blocks: ``hybrid_form`` ('reference' | 'parallel' |
   'recurrent', ``attention.FORMS``); ``window_backend`` / ``window_backward``: the softmax
-  window's forward and backward implementation (``attention.WINDOW_BACKENDS``);
+  window's forward and backward implementation (``attention.WINDOW_BACKENDS``; backward 'auto'
+  = the running backend's default: the fused kernels on GPU, JAX autodiff of XLA elsewhere);
   ``window_chunks_per_step``: with the XLA window, materialise the window scores this many
   chunks at a time (None: all chunks at once), which bounds per-layer memory at long lengths.
   """
@@ -57,7 +59,7 @@ class RuntimeConfig:
   softmax_backend: str = "auto"
   hybrid_form: str = "parallel"
   window_backend: str = "auto"
-  window_backward: str = "xla"
+  window_backward: str = "auto"
   window_chunks_per_step: int | None = None
 
   def __post_init__(self):
@@ -145,7 +147,10 @@ class SelfAttention(nnx.Module):
     return softmax_attention(q, k, v, backend=self.softmax_backend)
 
   def hybrid(self, q, k, v, phi_inputs, geometry: Geometry) -> jnp.ndarray:
-    """ReHyAt over the whole sequence, [B, N, H, D] in q's dtype (``phi_inputs`` from ``qkv``)."""
+    """ReHyAt over the whole sequence, [B, N, H, D] in q's dtype (``phi_inputs`` from ``qkv``).
+
+    The parallel form runs sequence-parallel when the context mesh (``jax.set_mesh``) has a
+    "sequence" axis of size > 1 (``attention.sequence_parallel_hybrid_attention``)."""
     r = self.rehyat
     return hybrid_attention(q, k, v, self.phi_q(phi_inputs[0]), self.phi_k(phi_inputs[1]),
                             tokens_per_frame=geometry.tokens_per_frame, chunk_frames=r.chunk_frames,
@@ -184,7 +189,8 @@ class SelfAttention(nnx.Module):
   def initial_state(self, batch: int, geometry: Geometry) -> RecurrentState:
     return init_recurrent_state(batch, self.num_heads, self.head_dim, self.rehyat.feature_map.output_dim,
                                 tokens_per_frame=geometry.tokens_per_frame,
-                                overlap_frames=self.rehyat.overlap_frames, dtype=self.compute_dtype)
+                                overlap_frames=self.rehyat.overlap_frames, dtype=self.compute_dtype,
+                                phi_dtype=self.compute_dtype)
 
 
 class CrossAttention(nnx.Module):
@@ -338,7 +344,10 @@ class WanDiT(nnx.Module):
   def embed(self, latents: jnp.ndarray, timesteps: jnp.ndarray, context: jnp.ndarray):
     """Tokens (float32 residual stream), e, e0, text and the patch-grid geometry."""
     geometry = self._check_inputs(latents, timesteps, context)
-    x = self.patch_embedding(latents).astype(jnp.float32)
+    # Under a mesh with a sequence axis the token stream is split over it from here on; converted
+    # blocks' self-attention then runs sequence-parallel (attention.hybrid_attention), the
+    # token-wise rest of every block needs no communication.
+    x = shard_tokens(self.patch_embedding(latents).astype(jnp.float32))
     return (x, *self.conditioning(timesteps, context), geometry)
 
   def unpatchify(self, out: jnp.ndarray, geometry: Geometry) -> jnp.ndarray:

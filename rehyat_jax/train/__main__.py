@@ -1,19 +1,11 @@
-"""Entry point: ``python -m rehyat_jax.train --config configs/<job>.py [--config.train.steps=N ...]``."""
+"""Entry point: ``python -m rehyat_jax.train --config configs/<job>.py [--config.train.steps=N ...]``.
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+The command line itself (help, config loading, one-line errors) is ``rehyat_jax/train/cli.py``.
+"""
 
-from rehyat_jax.train.loop import run
+import sys
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "training config file (configs/*.py)", lock_config=True)
-flags.mark_flags_as_required(["config"])
-
-
-def main(argv):
-  del argv
-  logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint file at INFO
-  run(_CONFIG.value)
-
+from rehyat_jax.train.cli import main
 
 if __name__ == "__main__":
-  app.run(main)
+  sys.exit(main())

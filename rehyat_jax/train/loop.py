@@ -3,6 +3,12 @@
 What differs between stages (trainable set, loss, logged metrics, end-of-run report and export)
 is the stage object's (``train/stages``); what the step is fed is the input stream's
 (``train/inputs.py``). This loop knows neither.
+
+Safety: a step with a non-finite loss or gradient changes nothing (``train/step.py``); the loop
+prints a line for each, and after ``train.max_nonfinite_steps`` in a row stops with
+``NonFiniteTrainingError``, writing no further checkpoint (the newest one holds the last finite
+weights). A damaged newest checkpoint is set aside and the run resumes from the next older one
+(``RunCheckpointer.restore_newest``).
 """
 
 from __future__ import annotations
@@ -18,11 +24,13 @@ from rehyat_jax.convert.student import teacher_fingerprint
 from rehyat_jax.core import sharding as sharding_lib
 from rehyat_jax.train import checkpointing, metrics as metrics_lib, step as step_lib
 from rehyat_jax.train.config_checks import check_config, stage_of, student_config
+from rehyat_jax.train.errors import NonFiniteTrainingError
 from rehyat_jax.train.inputs import make_inputs
 from rehyat_jax.train.mesh import initialize_distributed, make_mesh, replicated
 from rehyat_jax.train.optimizer import make_optimizer
 from rehyat_jax.train.setup import build_model, count_params, init_train_state, state_shardings
 from rehyat_jax.train.stages import RunContext
+from rehyat_jax.train.stages.base import Stage
 
 
 class _Preemption:
@@ -38,6 +46,43 @@ class _Preemption:
 
   def restore(self):
     signal.signal(signal.SIGTERM, self._previous)
+
+
+class _NonFiniteSteps:
+  """Reports steps the train step skipped as non-finite and stops the run after ``limit`` in a row.
+
+  A step's flags are read after the next step has been dispatched, so checking costs no device idle
+  time; ``flush`` reads the last one."""
+
+  def __init__(self, limit: int, checkpointer, is_main: bool):
+    self.limit, self.checkpointer, self.is_main = limit, checkpointer, is_main
+    self.pending = None
+
+  def after_step(self, step: int, metrics: dict) -> None:
+    self.flush()
+    self.pending = (step, {name: metrics[name] for name in
+                           ("skipped", "nonfinite_in_a_row", "nonfinite_total", "loss", "grad_norm")})
+
+  def flush(self) -> None:
+    if self.pending is None:
+      return
+    (step, metrics), self.pending = self.pending, None
+    if not bool(metrics["skipped"]):
+      return
+    in_a_row, total = int(metrics["nonfinite_in_a_row"]), int(metrics["nonfinite_total"])
+    if self.is_main:
+      print(f"step {step}: non-finite loss or gradient (loss {float(metrics['loss'])}, grad norm "
+            f"{float(metrics['grad_norm'])}): update skipped, weights unchanged ({in_a_row} in a row, {total} in "
+            f"total; the run stops at {self.limit} in a row)", flush=True)
+    if in_a_row >= self.limit:
+      self.checkpointer.wait()
+      latest = self.checkpointer.latest_step()
+      kept = (f"the newest checkpoint, step {latest} in {self.checkpointer.directory}, holds finite weights"
+              if latest is not None else "no checkpoint was written")
+      raise NonFiniteTrainingError(
+          f"stopped at step {step}: {in_a_row} steps in a row had a non-finite loss or gradient "
+          f"(train.max_nonfinite_steps={self.limit}); their updates were skipped and {kept}. Lower "
+          "optim.learning_rate or check the data, then resume.")
 
 
 def _fingerprint(cfg, model) -> dict:
@@ -82,10 +127,10 @@ def _train(cfg, mesh) -> dict:
   checkpointer = checkpointing.RunCheckpointer(workdir / "checkpoints", keep=cfg.train.keep_checkpoints,
                                                fingerprint=fingerprint)
   start = 0
-  latest = checkpointer.latest_step()
-  if latest is not None:
-    arrays_like = inputs.arrays_like(checkpointer.read_meta(latest))
-    state, arrays, meta = checkpointer.restore(latest, state, arrays_like, inputs.iterator)
+  restored = checkpointer.restore_newest(state, inputs.arrays_like, inputs.iterator,
+                                         report=lambda line: is_main and print(line, flush=True))
+  if restored is not None:
+    state, arrays, meta = restored
     inputs.restore(meta, arrays)
     start = int(meta["step"])
     if is_main:
@@ -113,23 +158,31 @@ def _train(cfg, mesh) -> dict:
     print(f"stage {stage.name}: {count_params(state.trainable):,} trainable parameters, "
           f"{count_params(frozen):,} frozen; mesh {dict(mesh.shape)}; {jax.device_count()} devices, "
           f"{jax.process_count()} processes; steps {start}..{cfg.train.steps}", flush=True)
+    if start < cfg.train.steps:
+      print("compiling the train step (the first step waits for it; the speed and ETA count only later steps) ...",
+            flush=True)
 
   preemption = _Preemption()
+  nonfinite = _NonFiniteSteps(cfg.train.max_nonfinite_steps, checkpointer, is_main)
   history = []
   step = start
   try:
     while step < cfg.train.steps:
       batch = inputs.next()
       logging_now = (step + 1) % cfg.train.log_every == 0
-      monitored = monitor(state.trainable, frozen, batch, state.step) if monitor and logging_now else None
+      # The first step runs the monitor too, so it compiles before the clock starts (compiling is not speed).
+      monitored = (monitor(state.trainable, frozen, batch, state.step)
+                   if monitor and (logging_now or step == start) else None)
       state, step_metrics, feedback = train_step(state, frozen, batch)
       inputs.after_step(feedback)
       step += 1
+      nonfinite.after_step(step, step_metrics)
       if step == start + 1:
         jax.block_until_ready(state.step)
         logger.reset_clock(step)
       if step % cfg.train.log_every == 0 or step == cfg.train.steps:
         scalars = {"loss": float(step_metrics["loss"]), "grad_norm": float(step_metrics["grad_norm"]),
+                   "nonfinite_steps": int(step_metrics["nonfinite_total"]),
                    **stage.scalars(step_metrics, monitored, converted)}
         logger.log(step, scalars)
         history.append({"step": step, **scalars})
@@ -140,6 +193,7 @@ def _train(cfg, mesh) -> dict:
         if is_main:
           print(f"SIGTERM: saved step {step} to {workdir / 'checkpoints'}; exiting", flush=True)
         break
+    nonfinite.flush()
   finally:
     preemption.restore()
     checkpointer.close()
@@ -155,8 +209,10 @@ def _train(cfg, mesh) -> dict:
              "compiles": compiles, "peak_bytes": memory.get("peak_bytes_in_use"),
              "trainable": state.trainable, "frozen": frozen, "graphdef": graphdef, "converted": converted}
   if not preemption.requested:
+    if is_main and type(stage).finish is not Stage.finish:
+      print(f"stage {stage.name}: training done; end-of-run evaluation and export (compiles once) ...", flush=True)
     summary.update(stage.finish(RunContext(
         cfg=cfg, graphdef=graphdef, trainable=state.trainable, frozen=frozen, converted=converted,
         model_cfg=model_cfg, student=student_config(cfg), inputs=inputs, workdir=workdir, mesh=mesh,
-        is_main=is_main, teacher_fingerprint=teacher_print)))
+        is_main=is_main, teacher_fingerprint=teacher_print, ema=state.ema)))
   return summary

@@ -1,4 +1,4 @@
-"""Device mesh from config (data, fsdp, tensor axes) for any device count, single- or multi-process."""
+"""Device mesh from config (data, fsdp, sequence, tensor axes) for any device count, single- or multi-process."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from rehyat_jax.core.sharding import BATCH_AXES, MESH_AXES  # noqa: F401 (re-exported)
+from rehyat_jax.core.sharding import BATCH_AXES, MESH_AXES, SEQUENCE_AXIS  # noqa: F401 (re-exported)
 
 
 def initialize_distributed(mesh_cfg) -> None:
@@ -26,11 +26,13 @@ def initialize_distributed(mesh_cfg) -> None:
     jax.distributed.initialize()  # TPU VMs describe the slice themselves; nothing may touch the backend first
 
 
-def resolve_mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
-  """Sizes of (data, fsdp, tensor); one -1 is filled with the remaining devices."""
-  sizes = [int(mesh_cfg.data), int(mesh_cfg.fsdp), int(mesh_cfg.tensor)]
+def resolve_mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, ...]:
+  """Sizes of the ``MESH_AXES`` (data, fsdp, sequence, tensor); one -1 is filled with the remaining
+  devices. A config without ``mesh.sequence`` (older configs) has a sequence axis of size 1."""
+  sizes = [int(getattr(mesh_cfg, name, 1)) for name in MESH_AXES]
+  fields = "/".join(MESH_AXES)
   if sizes.count(-1) > 1:
-    raise ValueError(f"mesh: at most one of mesh.data/fsdp/tensor may be -1, got {sizes}")
+    raise ValueError(f"mesh: at most one of mesh.{fields} may be -1, got {dict(zip(MESH_AXES, sizes))}")
   for name, size in zip(MESH_AXES, sizes):
     if size == 0 or size < -1:
       raise ValueError(f"mesh.{name} must be a positive size or -1, got {size}")
@@ -41,8 +43,10 @@ def resolve_mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
                        f"{dict(zip(MESH_AXES, sizes))}")
     sizes[sizes.index(-1)] = num_devices // known
   if math.prod(sizes) != num_devices:
-    raise ValueError(f"mesh: data*fsdp*tensor = {math.prod(sizes)} but there are {num_devices} devices "
-                     f"(mesh.data={sizes[0]}, mesh.fsdp={sizes[1]}, mesh.tensor={sizes[2]})")
+    # The sequence axis is named only when it is in use, so the usual message stays short.
+    named = [(name, size) for name, size in zip(MESH_AXES, sizes) if name != SEQUENCE_AXIS or size != 1]
+    raise ValueError(f"mesh: {'*'.join(n for n, _ in named)} = {math.prod(sizes)} but there are {num_devices} "
+                     f"devices ({', '.join(f'mesh.{n}={v}' for n, v in named)})")
   return tuple(sizes)
 
 

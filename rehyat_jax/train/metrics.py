@@ -56,6 +56,13 @@ def bucket_means(values: np.ndarray, timesteps: np.ndarray) -> dict[str, float]:
   return out
 
 
+def format_duration(seconds: float) -> str:
+  """'42 s', '3.5 min' or '2.1 h': a time left that reads at a glance at any scale."""
+  if seconds < 120:
+    return f"{seconds:.0f} s"
+  return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
 class RunLogger:
   def __init__(self, workdir: epath.Path, *, total_steps: int, tokens_per_step: int, num_devices: int, device_kind: str,
                enabled: bool = True):
@@ -96,7 +103,7 @@ class RunLogger:
       mfu = f" MFU {scalars['mfu']:.1%}"
     eta = (self.total_steps - step) / steps_per_s
     line = (f"step {step}/{self.total_steps} loss {scalars['loss']:.5f} {steps_per_s:.2f} steps/s "
-            f"{scalars['tokens_per_s']:.0f} tok/s{mfu} ETA {eta / 60:.1f} min "
+            f"{scalars['tokens_per_s']:.0f} tok/s{mfu} ETA {format_duration(eta)} "
             f"device-h {scalars['device_hours']:.4f}")
     self.last_step, self.last_time = step, now
     if self.enabled:

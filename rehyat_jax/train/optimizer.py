@@ -1,8 +1,14 @@
-"""Optax AdamW with linear warmup and cosine decay, global-norm clipping and gradient accumulation."""
+"""Optax AdamW with linear warmup and cosine decay, global-norm clipping and gradient accumulation,
+behind ``optax.apply_if_finite``: a non-finite gradient leaves parameters and optimizer state as they
+were (the skip is counted in the state; the loop stops the run after ``train.max_nonfinite_steps`` in
+a row)."""
 
 from __future__ import annotations
 
 import optax
+
+# apply_if_finite applies updates again after this many non-finite ones in a row: in effect never.
+NEVER_APPLY_NONFINITE = 2**30
 
 
 def learning_rate_schedule(optim_cfg, total_steps: int) -> optax.Schedule:
@@ -22,4 +28,11 @@ def make_optimizer(optim_cfg, total_steps: int) -> optax.GradientTransformation:
   )
   if optim_cfg.grad_accum_steps > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=int(optim_cfg.grad_accum_steps))
-  return tx
+  # Outermost, so that a non-finite micro-batch is dropped before it reaches the accumulated gradient.
+  # Stopping after too many in a row is the loop's decision, not the optimizer's.
+  return optax.apply_if_finite(tx, max_consecutive_errors=NEVER_APPLY_NONFINITE)
+
+
+def nonfinite_counts(opt_state) -> tuple:
+  """(consecutive, total) non-finite updates skipped so far, from ``make_optimizer``'s state."""
+  return opt_state.notfinite_count, opt_state.total_notfinite

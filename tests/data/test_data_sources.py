@@ -65,15 +65,33 @@ def test_corrupted_record_is_named_when_read(dataset_copy):
 
 def test_wrong_directories_are_explained(tiny_dataset, tmp_path):
   open_fails(tmp_path / "nowhere", "does not exist")
-  message = open_fails(tiny_dataset.parents[2], "no dataset_info.json")
-  assert str(tiny_dataset) in message  # points at the dataset directory below
   open_fails(tiny_dataset, "no split 'test'; its splits are \\['train'\\]", split="test")
   with pytest.raises(DataSourceError, match="is not a prompt dataset"):
     open_prompt_source(tiny_dataset)
+  with pytest.raises(DataSourceError, match=f"no prompt dataset in {tiny_dataset.parents[2]}; the datasets below it "
+                                            f"are of another kind: {tiny_dataset}"):
+    open_prompt_source(tiny_dataset.parents[2])
   unfinalized = tmp_path / "unfinalized"
   shutil.copytree(tiny_dataset, unfinalized)
   (unfinalized / "dataset_info.json").unlink()
-  open_fails(unfinalized, "run builders.finalize_dataset")
+  open_fails(unfinalized, "not finalised yet")
+  open_fails(tmp_path, "not finalised yet")  # and the folder above it
+
+
+def test_a_tools_out_folder_opens_the_one_dataset_below_it(tiny_dataset, tmp_path):
+  """Dataset tools write <out>/<name>/<config>/<version>/; training is given <out> as it is."""
+  out = tiny_dataset.parents[2]
+  assert out / "wan_latents_dataset" in tiny_dataset.parents
+  for folder in (out, tiny_dataset.parent, tiny_dataset):
+    assert open_latent_source(folder).data_dir == tiny_dataset
+  # two datasets of the kind below one folder: which one is meant is not guessed
+  both = tmp_path / "both"
+  shutil.copytree(out, both / "a")
+  shutil.copytree(out, both / "b")
+  message = open_fails(both, "holds 2 latent datasets; pass one of them")
+  assert str(both / "a") in message and str(both / "b") in message
+  (tmp_path / "empty").mkdir()
+  open_fails(tmp_path / "empty", "no TFDS dataset in .*empty or below it")
 
 
 def test_synthetic_records_depend_only_on_seed_and_index():

@@ -16,7 +16,7 @@ import sentencepiece
 from flax import nnx
 
 from rehyat_jax.convert.wan_dit import write_converted
-from rehyat_jax.data.builders import bf16_bits_to_float32
+from rehyat_jax.data.builders import NEGATIVE_SPLIT, bf16_bits_to_float32
 from rehyat_jax.data.latent_generation import generate_latents
 from rehyat_jax.data.prompt_encoding import encode_prompts, read_prompts
 from rehyat_jax.data.sources import open_latent_source, open_prompt_source
@@ -28,6 +28,7 @@ from rehyat_jax.models.tokenizer import UMT5Tokenizer
 from rehyat_jax.models.umt5 import UMT5_TINY, UMT5Encoder, encode_for_wan
 from rehyat_jax.models.wan import WanDiT
 from rehyat_jax.models.wan_vae import WanVAE, WanVAEConfig
+from rehyat_jax.sampling.guidance import WAN_NEGATIVE_PROMPT
 
 TOOLS = Path(__file__).resolve().parents[2] / "tools"
 TEXT_LEN = 16
@@ -96,6 +97,9 @@ def test_prompts_written_resumably_by_two_hosts(tmp_path, tokenizer, encoder):
 
   source = open_prompt_source(second.dataset_dir)
   assert len(source) == len(PROMPTS)
+  # the host that finalised also wrote the negative prompt of guidance (Wan's by default), once
+  negative = open_prompt_source(second.dataset_dir, NEGATIVE_SPLIT)
+  assert len(negative) == 1 and negative[0]["prompt"].decode() == WAN_NEGATIVE_PROMPT
   expected, lengths = expected_embeddings(PROMPTS, tokenizer, encoder)
   for index, prompt in enumerate(PROMPTS):
     record = source[index]

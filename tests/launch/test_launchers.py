@@ -166,6 +166,17 @@ def test_tpu_flags_override_env_and_defaults(repo, trap_bin):
   assert "gs://" in res.stderr  # reminder that a local workdir is per worker
 
 
+def test_tpu_sequence_parallel_flag_sets_the_mesh_axis(repo, trap_bin):
+  bindir, calls = trap_bin
+  res = _run(repo / "launch" / "distill_tpu.sh", "-n", "--sequence-parallel", "4", "--skip-sync", "--skip-install",
+             "--no-tail", "--config.train.steps=3", env=_env(TPU_ENV, bindir))
+  assert res.returncode == 0, res.stderr
+  assert calls.read_text() == ""
+  (start,) = _gcloud(_commands(res.stdout), "ssh")
+  assert ("-m rehyat_jax.train --config configs/distill_wan_1_3b.py --config.mesh.auto_distributed=true "
+          "--config.mesh.sequence=4 --config.train.steps=3") in _remote(start)
+
+
 def test_tpu_stop_and_logs_actions(repo, trap_bin):
   bindir, calls = trap_bin
   env = _env({"TPU_NAME": "t", "ZONE": "z"}, bindir)  # no accelerator type / config needed
@@ -377,6 +388,21 @@ def test_gpu_dry_run_two_processes(repo, trap_bin):
         "--config.mesh.coordinator_address=127.0.0.1:4321", "--config.mesh.num_processes=2",
         f"--config.mesh.process_id={i}"]
   assert "+ tail -n +1 -F runs/logs/r.proc0.log &" in res.stdout
+
+
+def test_gpu_sequence_parallel_flag_sets_the_mesh_axis(repo, trap_bin):
+  bindir, _ = trap_bin
+  res = _run(repo / "launch" / "train_gpu.sh", "-n", "--sequence-parallel", "2", "--config.train.steps=3",
+             env=_env({"NUM_GPUS": "2"}, bindir))
+  assert res.returncode == 0, res.stderr
+  _, train = _commands(res.stdout)
+  assert train[train.index("-m"):] == ["-m", "rehyat_jax.train", "--config", "configs/distill_wan_1_3b.py",
+                                       "--config.mesh.sequence=2", "--config.train.steps=3"]
+  clash = _run(repo / "launch" / "train_gpu.sh", "-n", "--sequence-parallel=2", "--config.mesh.sequence=4",
+               env=_env({"NUM_GPUS": "2"}, bindir))
+  assert clash.returncode != 0 and "conflicts with --sequence-parallel 2" in clash.stderr
+  bad = _run(repo / "launch" / "train_gpu.sh", "-n", env=_env({"NUM_GPUS": "2", "SEQUENCE_PARALLEL": "0"}, bindir))
+  assert bad.returncode != 0 and "SEQUENCE_PARALLEL must be a positive integer" in bad.stderr
 
 
 def test_gpu_detects_gpus_and_respects_cuda_visible_devices(repo, tmp_path):

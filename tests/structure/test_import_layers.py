@@ -2,10 +2,11 @@
 
 Each package may import only packages at its own level or below:
 
-  core < attention < models < convert < sampling < inference < data < train < (demo, generate)
+  core < attention < models < convert < sampling < inference < data < train < evaluation < toy
+    < (demo, generate, evaluate)
 
-and no module but another entry module imports a command-line entry module (``generate``, ``demo``, ``train.__main__``,
-``inference.cli``). Imports are read from the AST, including imports inside functions.
+and no module but another entry module imports a command-line entry module (``generate``, ``demo``, ``evaluate``,
+``train.__main__``, ``train.cli``, ``inference.cli``, ``evaluation.cli``). Imports are read from the AST, including imports inside functions.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "rehyat_jax"
-LAYERS = ("core", "attention", "models", "convert", "sampling", "inference", "data", "train", "demo", "generate")
-CLI_MODULES = {"rehyat_jax.generate", "rehyat_jax.demo", "rehyat_jax.train.__main__", "rehyat_jax.inference.cli"}
+LAYERS = ("core", "attention", "models", "convert", "sampling", "inference", "data", "train", "evaluation", "toy",
+          "demo", "generate", "evaluate")
+CLI_MODULES = {"rehyat_jax.generate", "rehyat_jax.demo", "rehyat_jax.evaluate", "rehyat_jax.train.__main__",
+               "rehyat_jax.train.cli", "rehyat_jax.inference.cli", "rehyat_jax.evaluation.cli"}
 
 
 def module_name(path: Path) -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from rehyat_jax.attention.config import RehyatConfig
 from rehyat_jax.train.ranking import rank_blocks
 
 TOOL = Path(__file__).resolve().parents[2] / "tools" / "rank_blocks.py"
@@ -38,6 +39,11 @@ def test_cli_writes_the_config_value(tmp_path):
   proc = subprocess.run([sys.executable, str(TOOL), str(report), "--count", "2", "--out", str(out)],
                         capture_output=True, text=True)
   assert proc.returncode == 0 and proc.stdout.strip() == "1,3" and out.read_text().strip() == "1,3"
+  # One block prints bracketed: a bare number in rehyat.converted_blocks is a count of evenly spaced blocks.
+  single = subprocess.run([sys.executable, str(TOOL), str(report), "--count", "1"], capture_output=True, text=True)
+  assert single.returncode == 0 and single.stdout.strip() == "[1]"
+  assert RehyatConfig(converted_blocks=single.stdout.strip()).converted_mask(4) == (False, True, False, False)
+  assert RehyatConfig(converted_blocks="1").converted_mask(4) == (True, False, False, False)  # a count
   bad = subprocess.run([sys.executable, str(TOOL), str(tmp_path / "missing.json"), "--count", "2"],
                        capture_output=True, text=True)
   assert bad.returncode == 1 and "rank_blocks:" in bad.stderr

@@ -15,6 +15,8 @@ from flax import nnx
 
 from configs import tiny
 from rehyat_jax.core.adapters import AdapterParam
+from rehyat_jax.data.builders import write_prompt_dataset
+from rehyat_jax.models.config import WAN_TINY
 from rehyat_jax.train.checkpointing import CheckpointMismatch
 from rehyat_jax.train.config_checks import ConfigError, check_config
 from rehyat_jax.train.loop import run
@@ -119,9 +121,21 @@ def test_two_processes_on_loopback_match_single_process(tmp_path, single_device_
   np.testing.assert_allclose(results[0]["losses"], single_device_losses, rtol=1e-5)
 
 
+def prompt_dataset(directory) -> str:
+  """A tiny prompt dataset (random text embeddings of the tiny DiT's shape) with its negative prompt."""
+  rng = np.random.default_rng(0)
+  text = lambda rows: rng.standard_normal((rows, WAN_TINY.text_dim)).astype(np.float32)
+  write_prompt_dataset(directory, [{"prompt": f"prompt {i}", "text_embedding": text(1 + i % WAN_TINY.text_len)}
+                                   for i in range(12)], text_shape=(WAN_TINY.text_len, WAN_TINY.text_dim),
+                       negative={"prompt": "", "text_embedding": text(3)})
+  return str(directory)  # the writer's out folder, as a user passes it
+
+
 def test_sigterm_then_resume_is_bitwise_identical(tmp_path):
-  """Stage 1 on teacher trajectories (the most state to restore): 20 steps straight vs SIGTERM + resume."""
-  common = {"train.steps": 20, "data.source": "trajectories", "train.checkpoint_every": 4}
+  """Stage 1 on guided teacher trajectories of a prompt dataset (the most state to restore: the trajectory pool,
+  its solver histories and text queue, the data iterator): 20 steps straight vs SIGTERM + resume."""
+  common = {"train.steps": 20, "data.source": "trajectories", "train.checkpoint_every": 4,
+            "data.data_dir": prompt_dataset(tmp_path / "prompts")}
   straight = run_script("distill", {**common, "workdir": str(tmp_path / "straight")})
   workdir = tmp_path / "interrupted"
   environ = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
@@ -164,6 +178,12 @@ def test_checkpoint_of_another_model_is_refused_and_kept(tmp_path, monkeypatch):
     ({"rehyat.converted_blocks": "0,5"}, "unknown block ids \\[5\\]"),
     ({"stage": "pretrain"}, "stage must be one of"),
     ({"data.source": "latents"}, "needs data.data_dir"),
+    ({"data.source": "trajectories"}, "data.source='trajectories' needs data.data_dir .*data.source='synthetic'"),
+    ({"data.source": "trajectories", "data.data_dir": "d", "train.global_batch_size": 3, "mesh.data": 1},
+     "global_batch_size=3 must be even with guidance"),
+    ({"data.source": "trajectories", "data.data_dir": "d", "data.trajectory_pool": 1}, "trajectory_pool=1 is smaller"),
+    ({"data.source": "trajectories", "data.data_dir": "d", "data.trajectory_solver": "dpm"}, "trajectory_solver"),
+    ({"train.max_nonfinite_steps": 0}, "train.max_nonfinite_steps must be >= 1"),
     ({"train.trainable": "all"}, "train.trainable must be 'adapters' in stage 1"),
     ({"rehyat.feature_map.kind": "cosine"}, "unknown feature map kind 'cosine'"),
     ({"model.window_backend": "triton"}, "model: .*window_backend"),
@@ -180,9 +200,19 @@ def test_config_errors_name_the_field(overrides, message):
     check_config(cfg, num_devices=1)
 
 
+def test_sequence_axis_config_errors():
+  """mesh.sequence > 1: the frames must split into whole chunks per device, and only the parallel form splits."""
+  # tiny: 9 latent frames, chunk_frames=2
+  with pytest.raises(ConfigError, match=r"the 9 latent frames must be a multiple of devices x chunk_frames = 2 x 2 = 4"):
+    check_config(config(**{"mesh.sequence": 2}), num_devices=2)
+  check_config(config(**{"mesh.sequence": 2, "data.latent_shape": (8, 8, 12)}), num_devices=2)
+  with pytest.raises(ConfigError, match="mesh.sequence=2 splits the frames of model.hybrid_form='parallel' only"):
+    check_config(config(**{"mesh.sequence": 2, "data.latent_shape": (8, 8, 12), "model.hybrid_form": "reference"}),
+                 num_devices=2)
+
+
 def test_missing_dataset_is_a_clear_error(tmp_path):
-  from rehyat_jax.data.sources import DataSourceError
   cfg = config("finetune", **{"data.source": "latents", "data.data_dir": str(tmp_path / "nope"),
                               "workdir": str(tmp_path / "w")})
-  with pytest.raises(DataSourceError, match="does not exist"):
+  with pytest.raises(ConfigError, match="data.data_dir=.*nope.*does not exist"):
     run(cfg)

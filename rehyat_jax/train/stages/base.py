@@ -31,6 +31,7 @@ class RunContext:
   mesh: jax.sharding.Mesh
   is_main: bool
   teacher_fingerprint: str | None
+  ema: Any = None             # EMA of ``trainable`` (train.ema_decay > 0), else an empty dict
 
 
 class Stage:
