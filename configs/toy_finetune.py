@@ -7,16 +7,15 @@ finetuned weights are the student's own, so the stage exports them as a converte
 the adapters; `python -m rehyat_jax.evaluate --student runs/toy_finetune` reads the pair.
 """
 
-from configs import toy_teacher
+from configs import toy_distill
 
 
 def get_config(arg: str | None = None):
   del arg
-  c = toy_teacher.toy_base("finetune")
+  c = toy_distill.get_config()          # the same teacher, data and student (feature map included)
+  c.stage = "finetune"
   c.workdir = "runs/toy_finetune"
-  c.model.checkpoint = f"{toy_teacher.TOY_TEACHER_DIR}/dit"
   c.model.student = "runs/toy_distill/student_export"
-  c.rehyat.converted_blocks = "all"
   c.train.trainable = "all"
   c.train.steps = 300
   c.train.global_batch_size = 8

@@ -29,14 +29,16 @@ from flax import nnx
 from rehyat_jax.attention import FORMS
 from rehyat_jax.convert import convert_wan_checkpoint, load_pretrained
 from rehyat_jax.convert.random_checkpoint import make_random_checkpoint
+from rehyat_jax.core import prng
 from rehyat_jax.models.config import WanConfig
 from rehyat_jax.models.wan import RuntimeConfig
 from rehyat_jax.train import cli as train_cli
 from rehyat_jax.train.config_checks import student_config
 
-# Small enough for 2 CPU cores in seconds, large enough to have real chunk structure.
-DEMO_CONFIG = WanConfig(dim=96, ffn_dim=192, num_heads=4, num_layers=4, in_dim=16, out_dim=16, text_dim=64,
-                        text_len=32)
+# Small enough that both training stages take about a minute on 2 CPU cores (the chunk structure comes from the
+# 9 latent frames, not from the width); head_dim 12 splits RoPE over (frame, height, width) as (4, 4, 4).
+DEMO_CONFIG = WanConfig(dim=48, ffn_dim=96, num_heads=4, num_layers=2, in_dim=16, out_dim=16, text_dim=32,
+                        text_len=16)
 TRAIN_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.py"
 DEFAULT_WORKDIR = Path("runs/demo")
 # What the demo writes inside the work directory (and removes there before it starts: a kept stage-1 folder
@@ -143,6 +145,8 @@ def main(argv=None) -> int:
   convert_wan_checkpoint(src, dst, overwrite=True, progress=lambda *_: None)
   print(f"converted it with the converter of tools/convert_wan_weights.py in {time.perf_counter() - t0:.1f} s: "
         f"{shown(dst)}")
+  print(f"loading it as the softmax teacher and as a ReHyAt student in each of its {len(FORMS)} forms "
+        "(phi is initialised here, a few seconds) ...", flush=True)
   teacher = load_pretrained(dst)
   students = {form: load_pretrained(dst, run=RuntimeConfig(hybrid_form=form), rehyat=rehyat) for form in FORMS}
   params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(nnx.state(teacher, nnx.Param)))
@@ -157,9 +161,9 @@ def main(argv=None) -> int:
         f"{phi.degree} polynomial, {phi.feature_dim} features)")
 
   key = jax.random.key(0)
-  latents = jax.random.normal(key, (1, c.in_dim, *latent_shape))
+  latents = prng.normal(key, (1, c.in_dim, *latent_shape))
   timesteps = jnp.array([700.0])
-  text = jax.random.normal(jax.random.fold_in(key, 1), (1, c.text_len, c.text_dim))
+  text = prng.normal(jax.random.fold_in(key, 1), (1, c.text_len, c.text_dim))
   inputs = (latents, timesteps, text)
   tokens = args.frames * (args.height // c.patch_size[1]) * (args.width // c.patch_size[2])
   print(f"input: one random video latent of {args.frames} frames x {args.height} x {args.width} ({tokens} tokens "

@@ -38,8 +38,9 @@ def configs_dir() -> Path | None:
 
 
 def config_summaries(folder: Path) -> list[tuple[str, str]]:
-  """(path as typed from the repository root, first line of its docstring) of every config file but common.py
-  (read with ``ast``: nothing is imported)."""
+  """(path as typed from the working directory, first line of its docstring) of every config file but
+  common.py (read with ``ast``: nothing is imported)."""
+  here = folder.resolve() == (Path.cwd() / "configs").resolve()
   rows = []
   for path in sorted(folder.glob("*.py")):
     if path.name in ("__init__.py", "common.py"):
@@ -48,7 +49,8 @@ def config_summaries(folder: Path) -> list[tuple[str, str]]:
       doc = ast.get_docstring(ast.parse(path.read_text())) or ""
     except (OSError, SyntaxError):
       doc = ""
-    rows.append((f"configs/{path.name}", doc.strip().splitlines()[0] if doc.strip() else "(no docstring)"))
+    rows.append((f"configs/{path.name}" if here else str(path),
+                 doc.strip().splitlines()[0] if doc.strip() else "(no docstring)"))
   return rows
 
 
@@ -83,6 +85,13 @@ Arguments:
 Every field and what it means: configs/common.py (its docstring is the field reference; the job files
 change only what their recipe fixes). A mistyped field or an invalid value stops the run before anything
 compiles, with one line naming the field.
+
+Output: one progress line per train.log_every steps, e.g.
+  step 50/300 loss 0.01492 11.46 steps/s 9906 tok/s ETA 22 s device-h 0.0012
+  = step / total; the loss of that step's batch; speed in steps and latent tokens per second, measured after
+  the first step (which waits for compilation, announced as "compiling ..."); ETA = time left at that speed;
+  device-h = device-hours used so far (wall time x devices); MFU (model FLOP utilisation) on known
+  accelerators. The same numbers go to <workdir>/metrics.jsonl and TensorBoard events.
 
 Examples:
   {PROG} --config configs/tiny.py                                  # stage 1 on CPU, random tiny teacher

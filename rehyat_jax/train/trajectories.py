@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rehyat_jax.core import prng
 from rehyat_jax.sampling.guidance import cfg_combine
 from rehyat_jax.sampling.schedules import FlowSchedule
 from rehyat_jax.sampling.solvers import UniPCState, euler_step, unipc_step, unipc_tables
@@ -104,7 +105,8 @@ class TrajectoryPool:
     base = jax.random.key(self.seed)
     if stream is not None:
       base = jax.random.fold_in(base, stream)
-    return jax.vmap(lambda s: jax.random.normal(jax.random.fold_in(base, s), self.latent_shape, jnp.float32))(serials)
+    # prng.normal: the same values as jax.random.normal, without its very slow CPU compile for a 4-D shape.
+    return jax.vmap(lambda s: prng.normal(jax.random.fold_in(base, s), self.latent_shape, jnp.float32))(serials)
 
   def _start(self) -> None:
     texts = [self.next_texts()]

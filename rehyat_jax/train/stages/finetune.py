@@ -92,8 +92,12 @@ class FinetuneStage(Stage):
     if jax.tree_util.tree_leaves(nnx.split_state(weights, TEACHER_PARAMS, ...)[0]):
       # Teacher weights changed: the student's teacher is now the finetuned DiT, written beside the export.
       if "://" in str(run.workdir):
-        raise ValueError(f"stage 2 trained teacher weights, and writing them as a converted DiT needs a local "
-                         f"workdir, not {run.workdir}")
+        # The converted-checkpoint writer renames a local staging folder into place; the run's checkpoints hold
+        # the weights. Not an error after a finished run.
+        if run.is_main:
+          print(f"stage 2 trained teacher weights; a converted DiT and student export are written to local "
+                f"workdirs only, not {run.workdir} (the run's checkpoints there hold the weights)", flush=True)
+        return {}
       params = host_canonical_params(model)
       if run.is_main:
         dtypes = sorted({str(a.dtype) for a in jax.tree_util.tree_leaves(params)})
