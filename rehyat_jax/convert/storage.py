@@ -13,6 +13,7 @@ nothing half-written is left behind. ``restore_params`` / ``restore_into`` read 
 from __future__ import annotations
 
 import datetime
+import inspect
 import json
 import os
 import shutil
@@ -116,6 +117,15 @@ def write_tensors(dst: str | os.PathLike, source: TensorSource, table: Mapping[s
 # Writing
 # ----------------------------------------------------------------------------------------------------------
 
+def numpy_handler_without_copies() -> "ocp.type_handlers.NumpyHandler":
+  """Orbax's numpy handler, told not to deep-copy host arrays where the installed Orbax has that option
+  (0.12.8, pyproject's floor, has it; older releases, as preinstalled on some GPU images, do not and copy)."""
+  handler = ocp.type_handlers.NumpyHandler
+  if "deepcopy_host_arrays" in inspect.signature(handler.__init__).parameters:
+    return handler(deepcopy_host_arrays=False)
+  return handler()
+
+
 def save_params(directory: Path, params: dict[str, Any]) -> None:
   """Writes ``params`` (numpy leaves) as an Orbax PyTree checkpoint at ``directory``, synchronously."""
   # Keeps the model in memory once: Orbax's default numpy handler deep-copies host arrays before writing (a
@@ -123,7 +133,7 @@ def save_params(directory: Path, params: dict[str, Any]) -> None:
   # compression holds every compressed chunk until the end (1.3B bf16: +2.1 GB RSS, 4x slower to write, for
   # a 25 % smaller checkpoint).
   registry = ocp.type_handlers.create_type_handler_registry(
-      (np.ndarray, ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False)),
+      (np.ndarray, numpy_handler_without_copies()),
       (jax.Array, ocp.type_handlers.get_type_handler(jax.Array)))
   checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(type_handler_registry=registry,
                                                               use_compression=False))

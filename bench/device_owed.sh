@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The #10 measurements with today's defaults (fused backward, per-kernel tiles), one device call per
+# PART, most important first within each (every step tees its log to $OUT):
+#   PART=kernels   kernel parity (all settings), attention fwd and fwd+bwd teacher vs student at 21 and
+#                  84 latent frames, whole-DiT forward at 42 frames (teacher, parallel, recurrent)
+#   PART=train     12 training steps at 81x480x832, batch 1: the teacher's own finetune step
+#                  (no block converted), stage 1 and stage 2 of the student
+#   PART=generate  81-frame generation, 10 UniPC steps + CFG: teacher, student parallel and recurrent
+#                  in one process (second video timed), then the student alone with XLA's GPU
+#                  autotuning off, to see whether autotuning scratch makes the peak
+set -uo pipefail
+# shellcheck source=bench/device_env.sh
+source bench/device_env.sh
+case ${PART:?set PART=kernels, train or generate} in
+  kernels)
+    python3 bench/check_kernel_parity.py 2>&1 | tee "$OUT/parity.log" | grep -v Warning | tail -6
+    python3 bench/bench_attention.py --frames 21 84 --methods full_softmax rehyat_parallel --window-backend pallas \
+      --window-backward pallas --reps 10 --plot "$OUT/attention.png" 2>&1 | tee "$OUT/bench_attention.log" | grep "^|"
+    python3 bench/bench_dit.py --frames 42 --cases teacher,parallel,recurrent --reps 2 2>&1 \
+      | tee "$OUT/bench_dit_42.log" | grep "^|"
+    ;;
+  train)
+    train() {  # name, config, overrides...
+      local name=$1 config=$2; shift 2
+      python3 -m rehyat_jax.train --config "$config" --config.model.checkpoint= \
+        --config.data.source=synthetic --config.data.num_examples=8 --config.train.steps=12 \
+        --config.train.log_every=4 --config.train.global_batch_size=1 --config.train.checkpoint_every=1000 \
+        --config.workdir="/tmp/runs/$name" "$@" 2>&1 | tee "$OUT/train_$name.log" | grep -v "Warning\|warn" | tail -5
+    }
+    train teacher_finetune configs/finetune_wan_1_3b.py --config.rehyat.converted_blocks=0
+    train stage1 configs/distill_wan_1_3b.py
+    train stage2 configs/finetune_wan_1_3b.py
+    ;;
+  generate)
+    python3 bench/bench_generate.py --steps 10 --videos 2 --cases teacher:81,parallel:81,recurrent:81 2>&1 \
+      | tee "$OUT/generate.log" | grep -v "Warning\|warn" | tail -12
+    XLA_FLAGS=--xla_gpu_autotune_level=0 python3 bench/bench_generate.py --steps 10 --videos 1 \
+      --cases parallel:81 2>&1 | tee "$OUT/generate_autotune0.log" | grep -v "Warning\|warn" | tail -6
+    ;;
+  *) echo "unknown PART=$PART" >&2; exit 2 ;;
+esac
