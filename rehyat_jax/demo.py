@@ -1,15 +1,18 @@
-"""The main job: a small Wan2.1-architecture model becomes a trained ReHyAt student (CPU, about 3 minutes).
+"""The main job: convert a Wan2.1-architecture checkpoint, then distil a teacher into a ReHyAt student and see how
+close it comes (CPU, about 3 minutes).
 
   python -m rehyat_jax.demo [--workdir DIR] [--skip-training]          (./launch/demo.sh sets up and runs this)
 
-The model's weights are random (fixed seed): real Wan2.1 weights cannot ship with the repository. Every step
-is the one a real checkpoint goes through. Part 1 writes the model as a checkpoint in the original Wan2.1
-PyTorch layout, converts it with the real converter, loads it as the softmax teacher and as a causal ReHyAt
-student, and checks that the student's reference / parallel / recurrent forms and the whole-model recurrent
-forward agree. Part 2 trains the student of that converted model through the training command's own code
-(configs/demo.py): stage 1 distils phi (the held-out attention error falls below the phi = 0 baseline), stage 2
-finetunes the whole student with flow matching from stage 1's student export. Outputs are kept in the work
-directory (default runs/demo/; the demo's folders in it are replaced on each run).
+Part 1 writes a small Wan2.1-architecture model with RANDOM weights (real Wan2.1 weights cannot ship with the
+repository) as a checkpoint in the original PyTorch layout, converts it with the real converter, loads it as the
+softmax teacher and as a causal ReHyAt student, and checks that the student's reference / parallel / recurrent
+forms and the whole-model recurrent forward agree. Part 2 distils a different, trained teacher: random weights
+have no attention structure worth distilling, so it uses the toy teacher shipped in rehyat_jax/toy/teacher_dit
+(a Wan-architecture DiT trained here on procedural videos of moving shapes, configs/toy_teacher.py). Through the
+training command's own code (configs/demo.py), stage 1 distils phi and stage 2 finetunes the whole student with
+flow matching; then the evaluation ladder (python -m rehyat_jax.evaluate) compares teacher, student and the
+phi = 0 baseline on held-out clips and draws the frames side by side. Outputs are kept in the work directory
+(default runs/demo/; the demo's folders in it are replaced on each run).
 """
 
 from __future__ import annotations
@@ -23,17 +26,20 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+from absl import logging as absl_logging
 import numpy as np
 from flax import nnx
 
 from rehyat_jax.attention import FORMS
+from rehyat_jax.attention.config import RehyatConfig
+from rehyat_jax.attention.feature_maps import FeatureMapConfig
 from rehyat_jax.convert import convert_wan_checkpoint, load_pretrained
 from rehyat_jax.convert.random_checkpoint import make_random_checkpoint
 from rehyat_jax.core import prng
 from rehyat_jax.models.config import WanConfig
 from rehyat_jax.models.wan import RuntimeConfig
 from rehyat_jax.train import cli as train_cli
-from rehyat_jax.train.config_checks import student_config
+from rehyat_jax.toy import SHIPPED_TEACHER
 
 # Small enough that both training stages take about a minute on 2 CPU cores (the chunk structure comes from the
 # 9 latent frames, not from the width); head_dim 12 splits RoPE over (frame, height, width) as (4, 4, 4).
@@ -43,7 +49,7 @@ TRAIN_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.py"
 DEFAULT_WORKDIR = Path("runs/demo")
 # What the demo writes inside the work directory (and removes there before it starts: a kept stage-1 folder
 # would make the next run resume at its last step instead of training).
-OUTPUTS = ("wan_original_layout", "converted", "stage1", "stage2")
+OUTPUTS = ("wan_original_layout", "converted", "toy_data", "stage1", "stage2", "eval")
 FORMS_TOLERANCE = 1e-4
 
 
@@ -76,25 +82,23 @@ def shown(path: Path) -> str:
     return str(path)
 
 
-def train_args(stage: str, work: Path, latent_shape, chunk_frames: int, overlap_frames: int,
-               steps: int | None) -> list[str]:
+def train_args(stage: str, work: Path, steps: int | None) -> list[str]:
   """The training command line of one demo stage: configs/demo.py plus only the overrides that differ from it."""
   spec = shown(TRAIN_CONFIG) + (":finetune" if stage == "finetune" else "")
   defaults = train_cli.parse_config(["--config", spec])
   folder = "stage1" if stage == "distill" else "stage2"
-  wanted = {"model.checkpoint": shown(work / "converted"), "workdir": shown(work / folder),
-            "data.latent_shape": tuple(latent_shape), "rehyat.chunk_frames": chunk_frames,
-            "rehyat.overlap_frames": overlap_frames, "train.steps": steps}
+  wanted = {"model.checkpoint": shown(SHIPPED_TEACHER), "workdir": shown(work / folder),
+            "data.data_dir": shown(work / "toy_data"), "train.steps": steps}
+  if steps is not None:
+    wanted["train.checkpoint_every"] = steps
   if stage == "finetune":
     wanted["model.student"] = shown(work / "stage1" / "student_export")
   args = ["--config", spec]
   for field, value in wanted.items():
     group, _, name = field.rpartition(".")
-    current = (defaults[group] if group else defaults)[name]
-    if value is None or (tuple(current) if isinstance(current, (list, tuple)) else current) == value:
+    if value is None or (defaults[group] if group else defaults)[name] == value:
       continue
-    text = "(" + ",".join(map(str, value)) + ")" if isinstance(value, tuple) else value
-    args.append(f"--config.{field}={text}")
+    args.append(f"--config.{field}={value}")
   return args
 
 
@@ -105,25 +109,32 @@ def command_line(args: list[str]) -> str:
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m rehyat_jax.demo", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--frames", type=int, default=9, help="latent frames of the demo's video inputs (part 1 and 2)")
-  p.add_argument("--height", type=int, default=8, help="latent height")
-  p.add_argument("--width", type=int, default=12, help="latent width")
-  p.add_argument("--chunk-frames", type=int, default=2, help="latent frames per ReHyAt chunk")
-  p.add_argument("--overlap-frames", type=int, default=1, help="latent frames each chunk also sees before it")
+  p.add_argument("--frames", type=int, default=9, help="latent frames of part 1's random input")
+  p.add_argument("--height", type=int, default=8, help="latent height of part 1's random input")
+  p.add_argument("--width", type=int, default=12, help="latent width of part 1's random input")
+  p.add_argument("--chunk-frames", type=int, default=2, help="latent frames per ReHyAt chunk (part 1)")
+  p.add_argument("--overlap-frames", type=int, default=1, help="latent frames each chunk also sees before it "
+                 "(part 1; part 2's student is configs/demo.py's)")
   p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR,
                  help="where the checkpoint, the converted model and both training runs are written and kept "
                       "(default: %(default)s; the demo's folders in it are replaced on each run)")
   p.add_argument("--skip-training", action="store_true", help="part 1 only")
   p.add_argument("--stage1-steps", type=int, default=None, help="stage-1 steps (default: configs/demo.py's)")
   p.add_argument("--stage2-steps", type=int, default=None, help="stage-2 steps (default: configs/demo.py's)")
+  p.add_argument("--train-clips", type=int, default=512, help="procedural training clips written for part 2")
+  p.add_argument("--eval-clips", type=int, default=6, help="held-out clips the evaluation ladder compares on")
+  p.add_argument("--sample-steps", type=int, default=12, help="sampling steps of the ladder's same-seed samples")
   args = p.parse_args(argv)
   work = args.workdir
   latent_shape = (args.frames, args.height, args.width)
-  stage_args = {stage: train_args(stage, work, latent_shape, args.chunk_frames, args.overlap_frames, steps)
+  stage_args = {stage: train_args(stage, work, steps)
                 for stage, steps in (("distill", args.stage1_steps), ("finetune", args.stage2_steps))}
   try:
     stage1_cfg = train_cli.parse_config(stage_args["distill"])
-    rehyat = student_config(stage1_cfg)  # the student part 1 checks is the one part 2 trains
+    # Part 1's student: causal (so the recurrent forms exist), a phi start large enough that the linear branch
+    # visibly changes the output; part 2's is configs/demo.py's.
+    rehyat = RehyatConfig(chunk_frames=args.chunk_frames, overlap_frames=args.overlap_frames, causal=True,
+                          feature_map=FeatureMapConfig(hidden=32, feature_dim=16, init_scale=0.3))
   except (train_cli.UsageError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -193,7 +204,7 @@ def main(argv=None) -> int:
         f"chunk by chunk with a carried state): they agree to {worst:.1e}, float32 rounding (the check fails "
         f"above {FORMS_TOLERANCE:.0e}).\n"
         f"- The teacher row: before training, the student's output is {gap:.0%} away from the softmax teacher's "
-        f"(relative to its size); stage 1 trains phi to close part of that gap.\n"
+        f"(relative to its size): with random weights there is nothing to distil, hence part 2's trained teacher.\n"
         f"- Compiling is paid once per shape; a compiled pass of this tiny model takes milliseconds.")
   if worst > FORMS_TOLERANCE:
     print("ERROR: student forms disagree")
@@ -202,61 +213,91 @@ def main(argv=None) -> int:
     print(f"\nskipped part 2 (--skip-training). Kept in {shown(work)}/: wan_original_layout/ (the random "
           "checkpoint), converted/ (the converted model).")
     return 0
-  return training_demo(work, stage_args, stage1_cfg)
+  return training_demo(work, stage_args, stage1_cfg, args)
 
 
-def training_demo(work: Path, stage_args: dict[str, list[str]], stage1_cfg) -> int:
+def training_demo(work: Path, stage_args: dict[str, list[str]], stage1_cfg, args) -> int:
+  from rehyat_jax.evaluation import cli as evaluate_cli  # pylint: disable=g-import-not-at-top
+  from rehyat_jax.toy import video as toy_video  # pylint: disable=g-import-not-at-top
   from rehyat_jax.train.loop import run  # pylint: disable=g-import-not-at-top
 
-  print(f"\n=== Part 2: train the student of {shown(work / 'converted')}: stage 1, then stage 2 ===\n"
-        "The demo runs the training command's own code; the same two runs by hand (e.g. after the demo) are:")
-  for args in stage_args.values():
-    print(f"  {command_line(args)}")
+  teacher = shown(SHIPPED_TEACHER)
+  print(f"\n=== Part 2: distil a trained teacher ({teacher}), then compare teacher and student ===\n"
+        "Random weights have no attention structure to distil, so part 2 uses a small Wan-architecture teacher "
+        "(4 blocks,\nwidth 96) trained here on procedural videos: coloured shapes that move, bounce and rotate over "
+        "a panning\nbackground, 13 frames of 16x16 pixels, conditioned on an embedding of the caption "
+        "(configs/toy_teacher.py).")
+  absl_logging.set_verbosity(absl_logging.ERROR)  # TFDS's notes about a custom dataset configuration
+  toy_video.write_toy_dataset(work / "toy_data", toy_video.ToyVideoSpec(), train_examples=args.train_clips,
+                              test_examples=args.eval_clips, seed=0)
+  print(f"wrote {args.train_clips} training and {args.eval_clips} held-out clips to {shown(work / 'toy_data')}\n")
+  print("The demo runs the training command's own code; the same two runs by hand are:")
+  for stage_argv in stage_args.values():
+    print(f"  {command_line(stage_argv)}")
   print("(--help lists the configs; configs/common.py documents every field.)\n"
         "Progress lines: step n/total; loss = that step's batch loss; speed in steps and tokens per second, "
         "measured\nafter compiling; ETA = time left at that speed; device-h = device-hours used so far (wall time "
         "x devices).\n")
   print("--- stage 1: distil phi (only phi trains; loss = mean |softmax - ReHyAt| attention output, all blocks) ---")
   s1 = run(stage1_cfg)
-  print("\n--- stage 2: flow-matching finetune of the whole student, starting from stage 1's student export ---")
+  print("\n--- stage 2: flow-matching finetune of the whole student on the training clips, from stage 1's export ---")
   stage2_cfg = train_cli.parse_config(stage_args["finetune"])
   s2 = run(stage2_cfg)
+
+  print("\n--- evaluation ladder: teacher vs students vs the phi = 0 baseline on held-out clips ---")
+  ladder = evaluate_cli.run(evaluate_cli.build_parser().parse_args([
+      "--teacher", str(SHIPPED_TEACHER), "--student", str(work / "stage1" / "student_export"),
+      "--student", str(work / "stage2"), "--name", "stage 1", "--name", "stage 1+2",
+      "--data", str(work / "toy_data"), "--num-clips", str(args.eval_clips),
+      "--sample-steps", str(args.sample_steps), "--out", str(work / "eval")]))
+  rungs = {r["name"]: r for r in ladder["results"]["rungs"]}
 
   report = s1["block_report"]
   err, base = report["relative_error"], report["baseline_error"]
   h1, h2 = s1["history"], s2["history"]
   k = max(1, len(h2) // 3)
   first2, last2 = np.mean([h["loss"] for h in h2[:k]]), np.mean([h["loss"] for h in h2[-k:]])
+  lines = "progress line" if k == 1 else f"{k} progress lines"
   print("\n=== Summary (every number from this run) ===")
   print(f"stage 1 loss: {h1[0]['loss']:.4f} at step {h1[0]['step']} -> {h1[-1]['loss']:.4f} at step "
         f"{h1[-1]['step']}\n"
         "  = mean |teacher softmax - student ReHyAt| attention output over all blocks, on that step's batch.")
   print(f"held-out attention error, mean over the {len(err)} blocks: {err.mean():.3f} with the trained phi, "
-        f"{base.mean():.3f} with phi = 0 ({err.mean() / base.mean():.2f}x: {1 - err.mean() / base.mean():.0%} "
-        "closer to the teacher)\n"
-        "  = |softmax - ReHyAt| / |softmax| on batches not trained on; phi = 0 is the student without its linear "
-        "branch\n    (softmax inside each chunk only), the baseline stage 1 must beat. Per block: the table above, "
-        f"{shown(work / 'stage1' / 'per_block_error.png')}.")
-  losses2 = [h["loss"] for h in h2]
-  lines = "progress line" if k == 1 else f"{k} progress lines"
+        f"{base.mean():.3f} with phi = 0 ({err.mean() / base.mean():.2f}x)\n"
+        "  = |softmax - ReHyAt| / |softmax| on clips not trained on; phi = 0 is the student without its linear "
+        "branch\n    (softmax inside each chunk only), the baseline stage 1 must beat.")
   print(f"stage 2 loss: {first2:.3f} (mean of the first {lines}) -> {last2:.3f} (mean of the last {lines})\n"
-        "  = flow-matching mean squared error of the predicted velocity (noise - latent). The demo's latents are "
-        "random\n    noise, so there is no video to learn: a model predicting zero scores 2.0, and only a rough "
-        "denoising rule\n    brings it lower. Single lines ranged "
-        f"{min(losses2):.2f}-{max(losses2):.2f}: each is one batch of {stage2_cfg.train.global_batch_size} "
-        "random clips at random noise levels, so compare the means.")
-  kept = [("converted/", "the converted model (stage 1's teacher)"),
+        "  = flow-matching mean squared error of the predicted velocity (noise - clip) on the training clips; "
+        "single\n    lines are one batch at random noise levels each, so compare the means.")
+  print("ladder (same held-out clips, same noise, same seeds for every row; the table above has every column):")
+  for name in ("stage 1", "stage 1 phi=0", "stage 1+2"):
+    r = rungs[name]
+    print(f"  {name:<14} sample PSNR vs the teacher's sample {r['samples']['psnr']:6.2f} dB, "
+          f"velocity error {np.mean(r['velocity_error']):.4f}")
+  print("  = PSNR: how close the frames each model generates from the same noise and caption are to the "
+        "teacher's\n    (higher is closer); velocity error: |v - v_teacher|^2 / |v_teacher|^2 of the "
+        "denoiser's prediction,\n    averaged over noise levels (0 = the teacher).")
+  gained = rungs["stage 1+2"]["samples"]["psnr"] - rungs["stage 1"]["samples"]["psnr"]
+  if gained < 0:
+    print(f"  Stage 2 moved the samples {-gained:.1f} dB away from the teacher's: it fits the training clips by flow "
+          "matching,\n    it is not pulled toward the teacher (docs/fidelity.md measures this at full length).")
+  picture = shown(work / "eval" / "strip.png")
+  print(f"PICTURE: {picture} (rows: teacher | stage-1 student | phi = 0 baseline, per held-out clip; "
+        f"animated: {shown(work / 'eval' / 'strip.gif')})")
+  kept = [("wan_original_layout/, converted/", "part 1's random checkpoint and its conversion"),
+          ("toy_data/", "the procedural clips (TFDS array_record, train and test splits)"),
           ("stage1/, stage2/", "each stage's Orbax checkpoints, metrics.jsonl and TensorBoard events"),
-          ("stage1/student_export/", "phi + student.json: the student stage 2 starts from")]
-  if s2.get("dit") or s2.get("student_export"):
-    kept.append(("stage2/dit/, stage2/student_export/" if s2.get("dit") else "stage2/student_export/",
-                 "the finetuned model, what generation reads (--dit, --student)"))
+          ("stage1/student_export/", "phi + student.json: the student stage 2 starts from"),
+          ("stage2/dit/, stage2/student_export/", "the finetuned student (what generation and evaluation read)"),
+          ("eval/", "the ladder: ladder.md / .json, plots, strip.png / .gif, the teacher's attention by distance")]
   width = max(len(name) for name, _ in kept)
   print(f"kept in {shown(work)}/:\n" + "\n".join(f"  {name:<{width}}  {what}" for name, what in kept))
-  print("\nOn a real model: convert Wan2.1 (README: tools/convert_wan_weights.py), then\n"
-        f"  {train_cli.PROG} --config configs/distill_wan_1_3b.py --config.model.checkpoint=ckpt/wan2.1-t2v-1.3b\n"
+  print("\nOn a real model: convert Wan2.1 (README: tools/convert_wan_weights.py), encode prompts "
+        "(tools/encode_prompts.py), then\n"
+        f"  {train_cli.PROG} --config configs/distill_wan_1_3b.py --config.model.checkpoint=ckpt/wan2.1-t2v-1.3b "
+        "--config.data.data_dir=data/prompts\n"
         f"  {train_cli.PROG} --config configs/finetune_wan_1_3b.py "
-        "--config.model.student=runs/distill_wan_1_3b/student_export")
+        "--config.model.student=runs/distill_wan_1_3b/student_export --config.data.data_dir=data/latents")
   if not err.mean() < base.mean():
     print("ERROR: stage 1 did not reduce the attention error below the phi == 0 baseline")
     return 1
