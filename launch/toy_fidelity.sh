@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# The toy fidelity study of docs/fidelity.md, end to end on CPU (about 25 minutes on 2 cores):
+# The toy fidelity study of docs/fidelity.md, end to end on CPU (about 35 minutes on 2 cores):
 # procedural videos -> toy teacher (flow matching) -> stage 1 -> stage 2 -> evaluation ladder, then the
 # ablations (chunk size Tc, overlap To, converted-block count ranked vs evenly spaced, stage 2 on/off).
 #
-#   ./launch/toy_fidelity.sh [main|ablations|all]     (default all; every run folder goes under runs/)
+#   ./launch/toy_fidelity.sh [main|ablations|variants|all]   (default all; every run folder goes under runs/)
+#
+# variants: the recipe variants docs/fidelity.md discusses (stage 1 for 3000 steps; stage 2 at lr 1e-4 and on
+# the teacher's own samples).
 #
 # A step whose output already exists is skipped, so an interrupted study resumes where it stopped.
 set -euo pipefail
@@ -57,10 +60,31 @@ ablations() {
   done
 }
 
+# One recipe variant: a stage run with overrides, then its ladder next to the 1000-step stage-1 student.
+variant() {
+  local name=$1 config=$2; shift 2
+  local workdir=runs/toy_variants/$name
+  [ -d "$workdir/student_export" ] || { step "variant $name"
+    $PY -m rehyat_jax.train --config "$config" --config.workdir="$workdir" "$@"; }
+  [ -f "$workdir/eval/ladder.json" ] || { step "ladder, $name"
+    $PY -m rehyat_jax.evaluate --teacher runs/toy_teacher/dit --student runs/toy_distill/student_export \
+      --student "$( [ "$config" = configs/toy_finetune.py ] && echo "$workdir" || echo "$workdir/student_export")" \
+      --name "stage 1" --name "$name" "${EVAL_ARGS[@]}" --out "$workdir/eval"; }
+}
+
+variants() {
+  variant distill_3000 configs/toy_distill.py --config.train.steps=3000 --config.train.checkpoint_every=1000
+  variant finetune_lr1e-4 configs/toy_finetune.py --config.optim.learning_rate=1e-4
+  [ -d runs/toy/teacher_samples ] || { step "teacher samples"
+    $PY -m rehyat_jax.toy.teacher_samples --teacher runs/toy_teacher/dit --out runs/toy/teacher_samples --count 1024; }
+  variant finetune_teacher_samples configs/toy_finetune.py --config.data.data_dir=runs/toy/teacher_samples
+}
+
 case $what in
   main) main_chain ;;
   ablations) main_chain; ablations ;;
-  all) main_chain; ablations ;;
-  *) echo "usage: $0 [main|ablations|all]" >&2; exit 2 ;;
+  variants) main_chain; variants ;;
+  all) main_chain; ablations; variants ;;
+  *) echo "usage: $0 [main|ablations|variants|all]" >&2; exit 2 ;;
 esac
 echo; echo "done: runs/toy_eval/ladder.md and runs/toy_ablation/*/"
