@@ -38,7 +38,7 @@ from rehyat_jax.convert.wan_dit import read_converted_config
 from rehyat_jax.inference.generation import generate, summary
 from rehyat_jax.inference.pipeline import (FORWARDS, GenerationError, check_forward, check_prompts,
                                            check_video_shape, load_pipeline, read_prompts_file)
-from rehyat_jax.inference.sampler import make_schedule
+from rehyat_jax.inference.sampler import branch_mesh, make_schedule
 from rehyat_jax.models.wan import RuntimeConfig
 from rehyat_jax.sampling import (SOLVERS, WAN_NEGATIVE_PROMPT, WAN_T2V_GUIDANCE_SCALE, WAN_T2V_SAMPLING_STEPS,
                                  WAN_T2V_SHIFT)
@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                  help="DiT and umT5 precision: fp32 | bf16 (bf16 matmuls, fp32 weights) | bf16_params "
                       "(default: %(default)s)")
   p.add_argument("--save-latents", action="store_true", help="also write each video's final latents (.npy)")
+  p.add_argument("--cfg-devices", type=int, default=1, choices=(1, 2),
+                 help="1: the prompt's and the negative prompt's DiT passes one after the other; 2: both at once, "
+                      "one per device, on the first two devices (default: %(default)s)")
   s = p.add_argument_group("ReHyAt student (its settings come from the export's student.json)")
   s.add_argument("--student", default=None, metavar="EXPORT_DIR",
                  help="student export written by stage 1 (<workdir>/student_export); without it the DiT is the "
@@ -130,6 +133,8 @@ def validate_args(args: argparse.Namespace) -> tuple[list[str], RuntimeConfig]:
   if args.seeds_per_prompt is not None and args.seeds_per_prompt < 1:
     raise GenerationError(f"--seeds-per-prompt must be >= 1; got {args.seeds_per_prompt}")
   make_schedule(args.solver, args.steps, args.shift)
+  if args.guidance != 1.0:
+    branch_mesh(args.cfg_devices)
   run = runtime_from_args(args)
   for flag, path in (("--dit", args.dit), ("--t5", args.t5), ("--tokenizer", args.tokenizer),
                      ("--vae", args.vae), ("--student", args.student)):
@@ -156,7 +161,8 @@ def main(argv: Iterable[str] | None = None) -> int:
     results = generate(pipeline, prompts, out_dir=args.out_dir, frames=args.frames, height=height, width=width,
                        steps=args.steps, guidance=args.guidance, shift=args.shift, solver=args.solver,
                        seed=args.seed, seeds_per_prompt=seeds_per_prompt, forward=args.forward,
-                       negative_prompt=args.negative_prompt, save_latents=args.save_latents)
+                       negative_prompt=args.negative_prompt, save_latents=args.save_latents,
+                       cfg_devices=args.cfg_devices)
   except (GenerationError, StudentExportError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -25,7 +25,8 @@ from tqdm import tqdm
 from rehyat_jax.core import prng
 from rehyat_jax.inference import video_io
 from rehyat_jax.inference.pipeline import GenerationError, Pipeline, check_pipeline, check_prompts
-from rehyat_jax.inference.sampler import latent_shape, make_sampler, make_schedule, make_text_encoder
+from rehyat_jax.inference.sampler import (branch_mesh, latent_shape, make_sampler, make_schedule,
+                                         make_text_encoder)
 from rehyat_jax.sampling import WAN_NEGATIVE_PROMPT, WAN_T2V_GUIDANCE_SCALE, WAN_T2V_SAMPLING_STEPS, WAN_T2V_SHIFT
 
 
@@ -65,24 +66,27 @@ def generate(pipeline: Pipeline, prompts: str | Sequence[str], *, out_dir: str |
              guidance: float | None = WAN_T2V_GUIDANCE_SCALE, shift: float = WAN_T2V_SHIFT,
              solver: str = "unipc", seed: int = 0, seeds_per_prompt: int = 1, forward: str = "parallel",
              negative_prompt: str = WAN_NEGATIVE_PROMPT, save_latents: bool = False,
-             show_progress: bool = True) -> list[VideoResult]:
+             show_progress: bool = True, cfg_devices: int = 1) -> list[VideoResult]:
   """Generates ``seeds_per_prompt`` videos per prompt into ``out_dir`` (see the module docstring).
 
   Whether the DiT is a student is read from it (``pipeline.dit.rehyat``); ``forward='recurrent'`` runs it
-  chunk by chunk (every block causal ReHyAt). ``guidance=None`` or 1 skips the negative prompt's pass.
+  chunk by chunk (every block causal ReHyAt). ``guidance=None`` or 1 skips the negative prompt's pass;
+  ``cfg_devices=2`` runs the prompt's and the negative prompt's passes at once on two devices.
   Everything is validated before any work; returns one ``VideoResult`` per video, in order.
   """
   prompts = check_prompts(prompts)
   check_pipeline(pipeline, frames, height, width, forward)
   video_io.check_video_writer()
   schedule = make_schedule(solver, steps, shift)
+  branch_mesh(cfg_devices)  # a device count that cannot work fails here, before anything is written
   if seeds_per_prompt < 1:
     raise GenerationError(f"seeds_per_prompt must be >= 1; got {seeds_per_prompt}")
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
 
   encode = make_text_encoder(pipeline)
-  sampler = make_sampler(pipeline.dit, schedule, solver=solver, guidance=guidance, forward=forward)
+  sampler = make_sampler(pipeline.dit, schedule, solver=solver, guidance=guidance, forward=forward,
+                         cfg_devices=cfg_devices)
   # As Wan: an empty negative prompt means the default one.
   negative_text = encode([negative_prompt or WAN_NEGATIVE_PROMPT])
   shape = latent_shape(pipeline, frames, height, width)

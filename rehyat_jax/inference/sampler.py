@@ -11,7 +11,9 @@ from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rehyat_jax.inference.pipeline import GenerationError, Pipeline
 from rehyat_jax.models.umt5 import encode_for_wan
@@ -46,17 +48,41 @@ def make_text_encoder(pipeline: Pipeline) -> Callable[[Sequence[str]], jax.Array
   return encode_texts
 
 
+def branch_mesh(devices: int) -> Mesh | None:
+  """A 1-D mesh ('branch') over the first ``devices`` local devices for the two CFG passes; None for 1.
+
+  GenerationError unless ``devices`` is 1 or 2 and that many devices are there."""
+  if devices == 1:
+    return None
+  if devices != 2:
+    raise GenerationError(f"the CFG branches run on 1 or 2 devices (one pass each), got {devices}")
+  local = jax.local_devices()
+  if len(local) < devices:
+    raise GenerationError(f"CFG branches on {devices} devices, but this process sees {len(local)} "
+                          f"({local[0].platform})")
+  return Mesh(np.asarray(local[:devices]), ("branch",))
+
+
 def make_sampler(dit: WanDiT, schedule: FlowSchedule, *, solver: str, guidance: float | None,
-                 forward: str = "parallel") -> Callable[[jax.Array, jax.Array, jax.Array], jax.Array]:
+                 forward: str = "parallel", cfg_devices: int = 1) -> "Sampler":
   """(noise, text, negative text) -> final latents, the whole sampling loop as one compiled program.
 
   ``forward``: 'parallel' (the DiT's ``__call__``) or 'recurrent' (``WanDiT.recurrent_forward``; checked by
   ``check_forward`` beforehand). With guidance (any scale but None and 1) the DiT runs twice per step, on
-  the prompt and on the negative prompt; two passes rather than a batch of two keep peak activation memory
-  at one video's.
+  the prompt and on the negative prompt. ``cfg_devices=1``: two passes one after the other (peak activation
+  memory of one video). ``cfg_devices=2``: the two passes as one batch of two split over two devices (the
+  weights replicated), each device running one branch, at the same time; the result is the same function.
   """
   graphdef, state = nnx.split(dit)
   guided = guidance is not None and guidance != 1.0
+  mesh = branch_mesh(cfg_devices) if guided else None
+
+  def both_branches(call, x, timesteps, text, negative_text):
+    split = NamedSharding(mesh, PartitionSpec("branch"))
+    pair = lambda a, b: jax.lax.with_sharding_constraint(jnp.concatenate([a, b]), split)
+    out = call(pair(x, x), pair(timesteps, timesteps), pair(text, negative_text))
+    out = jax.lax.with_sharding_constraint(out, split)
+    return out[:x.shape[0]], out[x.shape[0]:]
 
   @jax.jit
   def run(state, noise, text, negative_text):
@@ -64,12 +90,32 @@ def make_sampler(dit: WanDiT, schedule: FlowSchedule, *, solver: str, guidance: 
       # Merged inside the traced loop: the weights are the jit's arguments, never baked-in constants.
       model = nnx.merge(graphdef, state)
       call = model.recurrent_forward if forward == "recurrent" else model
-      cond = call(x, timesteps, text)
-      return (cond, call(x, timesteps, negative_text)) if guided else cond
+      if not guided:
+        return call(x, timesteps, text)
+      if mesh is not None:
+        return both_branches(call, x, timesteps, text, negative_text)
+      return call(x, timesteps, text), call(x, timesteps, negative_text)
 
     return sample(denoise, noise, schedule=schedule, solver=solver, guidance_scale=guidance if guided else None)
 
-  return lambda noise, text, negative_text: run(state, noise, text, negative_text)
+  if mesh is None:
+    return Sampler(run, state, lambda *inputs: inputs)
+  replicated = NamedSharding(mesh, PartitionSpec())
+  return Sampler(run, jax.device_put(state, replicated), lambda *inputs: jax.device_put(inputs, replicated))
+
+
+class Sampler:
+  """``make_sampler``'s result: call it with (noise, text, negative text); ``lower`` gives the same call's
+  ``jax.stages.Lowered`` (its compiled HLO, cost and memory analysis) without running it."""
+
+  def __init__(self, program, state, place):
+    self._program, self._state, self._place = program, state, place
+
+  def __call__(self, noise: jax.Array, text: jax.Array, negative_text: jax.Array) -> jax.Array:
+    return self._program(self._state, *self._place(noise, text, negative_text))
+
+  def lower(self, noise: jax.Array, text: jax.Array, negative_text: jax.Array):
+    return self._program.lower(self._state, *self._place(noise, text, negative_text))
 
 
 def latent_shape(pipeline: Pipeline, frames: int, height: int, width: int) -> tuple[int, ...]:
