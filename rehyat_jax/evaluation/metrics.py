@@ -36,10 +36,12 @@ def psnr(x: np.ndarray, ref: np.ndarray, data_range: float) -> np.ndarray:
 def ssim(x: np.ndarray, ref: np.ndarray, data_range: float, *, sigma: float = 1.5, win_size: int = 7) -> np.ndarray:
   """[B] structural similarity (Wang et al. 2004) per 2-D frame and channel, averaged over them.
 
-  Gaussian-weighted local statistics (``sigma``, a ``win_size`` window, truncated there), K1 = 0.01,
-  K2 = 0.03, unbiased (sample) covariances and the mean over the positions where the whole window fits
-  (skimage's ``gaussian_weights=True`` recipe, with a 7-pixel instead of an 11-pixel window so that 16x16
-  frames keep 10x10 positions).
+  Gaussian-weighted local statistics (``sigma``, the Gaussian truncated at 3.5 sigma), K1 = 0.01, K2 = 0.03,
+  unbiased (sample) covariances normalised for a ``win_size`` window, and the mean over the positions at least
+  ``(win_size - 1) / 2`` from the border: skimage's ``structural_similarity(gaussian_weights=True,
+  use_sample_covariance=True, win_size=7)`` to 1e-6 (tests/evaluation/test_metrics.py), with 7 rather than 11
+  so that 16x16 frames keep 10x10 positions. Hand-written on scipy so that the library does not depend on
+  scikit-image (a test-only reference).
   """
   x, ref = _checked(x, ref)
   if x.ndim < 3 or min(x.shape[-2:]) < win_size:
@@ -47,7 +49,7 @@ def ssim(x: np.ndarray, ref: np.ndarray, data_range: float, *, sigma: float = 1.
   b, (h, w) = x.shape[0], x.shape[-2:]
   frames_x = x.reshape(-1, h, w).astype(np.float64)
   frames_r = ref.reshape(-1, h, w).astype(np.float64)
-  truncate = ((win_size - 1) / 2) / sigma
+  truncate = 3.5  # the Gaussian itself reaches 3.5 sigma, as skimage's; win_size only sets the crop and the covariance norm
   blur = lambda a: ndimage.gaussian_filter(a, sigma=(0, sigma, sigma), truncate=truncate, mode="reflect")
   n = win_size * win_size
   cov_norm = n / (n - 1)

@@ -101,3 +101,17 @@ def test_distance_histogram_of_hand_made_masses():
   np.testing.assert_allclose(attention_distance.distance_histogram(previous), [1 / 3, 2 / 3, 0])
   summary = attention_distance.summarise(attention_distance.distance_histogram(np.eye(6))[None, None], 2, 1)
   assert summary["same_frame"][0, 0] == 1.0 and summary["beyond_window"][0, 0] == 0.0
+
+
+def test_ssim_matches_scikit_image():
+  # The reference implementation of the recipe metrics.ssim follows (Gaussian weights, sigma 1.5, sample
+  # covariances), per 2-D frame, with the same 7-pixel window and data range.
+  from skimage.metrics import structural_similarity  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(3)
+  ref = rng.uniform(-1, 1, (2, 3, 4, 16, 16))
+  x = np.clip(ref + 0.3 * rng.standard_normal(ref.shape), -1, 1)
+  ours = metrics.ssim(x, ref, 2.0)
+  theirs = [np.mean([structural_similarity(x[b, c, f], ref[b, c, f], data_range=2.0, win_size=7, gaussian_weights=True,
+                                           sigma=1.5, use_sample_covariance=True)
+                     for c in range(3) for f in range(4)]) for b in range(2)]
+  np.testing.assert_allclose(ours, theirs, rtol=1e-6)
