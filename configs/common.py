@@ -23,6 +23,9 @@ Field reference (all validated in ``rehyat_jax.train.config_checks`` before anyt
   optim.*             AdamW with warmup + cosine decay, clipping, gradient accumulation
   train.max_nonfinite_steps   a step with a non-finite loss or gradient is skipped (nothing changes, a line is
                       printed); this many in a row stop the run, the newest checkpoint keeping the last finite weights
+  train.block_output_errors   stage 1's held-out report also measures each block's effect on the output: the
+                      velocity error (|v - v_teacher|^2 / |v_teacher|^2) with only that block converted (one forward
+                      per block and held-out batch); tools/rank_blocks.py --by output ranks by it
   mesh.*              data / fsdp / sequence / tensor sizes (-1: fill with the remaining devices)
   mesh.sequence       devices the latent frames are split over (sequence-parallel ReHyAt, model.hybrid_form
                       'parallel'); the frames must be a multiple of mesh.sequence x rehyat.chunk_frames
@@ -96,6 +99,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.trainable = "adapters"      # stage 2: 'all' | 'adapters' | a regex over parameter paths
   c.train.ema_decay = 0.0             # stage 2: 0 disables EMA
   c.train.max_nonfinite_steps = 10    # stop after this many steps in a row with a non-finite loss/gradient
+  c.train.block_output_errors = False # stage 1: per-block output effect in the held-out report (costs L forwards)
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1

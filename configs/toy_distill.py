@@ -24,6 +24,8 @@ def get_config(arg: str | None = None):
   c.train.steps = 1000
   c.train.global_batch_size = 8
   c.train.checkpoint_every = 250
+  # Each block's output effect (4 extra forwards per held-out batch): tools/rank_blocks.py --by output.
+  c.train.block_output_errors = True
   c.optim.learning_rate = 1e-2
   c.optim.warmup_steps = 20
   return c

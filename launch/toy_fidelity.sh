@@ -48,11 +48,13 @@ ablations() {
   ablate tc4_to1 --config.rehyat.chunk_frames=4
   ablate tc3_to0 --config.rehyat.overlap_frames=0
   ablate tc3_to2 --config.rehyat.overlap_frames=2
-  # Converting 2 of the 4 blocks: the 2 with the lowest distilled error (stage 1's per-block report)
-  # against 2 evenly spaced ones, both from the all-block stage-1 run (every block owns phi).
-  local ranked
-  ranked=$($PY tools/rank_blocks.py runs/toy_distill/per_block_error.json --count 2)
-  for blocks in "$ranked" 2; do
+  # Converting 2 of the 4 blocks: the 2 with the lowest distilled attention error, the 2 with the lowest
+  # output effect (stage 1's per-block report), and 2 evenly spaced ones, all from the all-block stage-1 run
+  # (every block owns phi).
+  local by_attention by_output
+  by_attention=$($PY tools/rank_blocks.py runs/toy_distill/per_block_error.json --count 2)
+  by_output=$($PY tools/rank_blocks.py runs/toy_distill/per_block_error.json --count 2 --by output)
+  for blocks in "$by_attention" "$by_output" 2; do
     local out=runs/toy_ablation/blocks_${blocks//,/_}
     [ -f "$out/ladder.json" ] || { step "ladder, converted blocks $blocks"
       $PY -m rehyat_jax.evaluate --teacher runs/toy_teacher/dit --student runs/toy_distill/student_export \

@@ -362,10 +362,20 @@ class WanDiT(nnx.Module):
     return rope_lib.rope_tables(self.cfg.head_dim, (geometry.frames, geometry.height, geometry.width),
                                 theta=self.cfg.rope_theta)
 
-  def run_blocks(self, x, e0, text, rope, geometry, *, hook: AttentionHook | None = None):
-    """All blocks; with an attention ``hook`` returns (x, the hook's aux stacked over layers)."""
+  def run_blocks(self, x, e0, text, rope, geometry, *, hook: AttentionHook | None = None,
+                 converted: jnp.ndarray | None = None):
+    """All blocks; with an attention ``hook`` returns (x, the hook's aux stacked over layers).
+
+    ``converted``: a [num_layers] bool array that replaces ``self.converted`` (which blocks run ReHyAt) at run
+    time, e.g. traced, so that one compiled program serves every choice (every block owns phi)."""
     policy = REMAT_POLICIES[self.run.remat]
     flags = self.converted
+    if converted is not None:
+      if self.rehyat is None:
+        raise ValueError("converted= needs a ReHyAt student: the teacher has no ReHyAt blocks to switch on")
+      if jnp.shape(converted) != (self.cfg.num_layers,):
+        raise ValueError(f"converted must be [{self.cfg.num_layers}] bools, got shape {jnp.shape(converted)}")
+      flags = jnp.asarray(converted, bool)
     hooked = hook is not None
 
     def body(x, block, converted):
@@ -377,7 +387,7 @@ class WanDiT(nnx.Module):
     # Tree mode (graph=False): the stacked blocks are a plain pytree to the scan, so the model
     # can be rebuilt with nnx.merge inside jit/grad from states passed as arguments.
     if self.run.scan_layers:
-      if all(flags) or not any(flags):
+      if converted is None and (all(flags) or not any(flags)):
         scan_body = lambda x, block: body(x, block, flags[0])
         if policy is not None:
           scan_body = nnx.remat(scan_body, policy=policy, prevent_cse=False, graph=False)
@@ -386,18 +396,21 @@ class WanDiT(nnx.Module):
         body = nnx.remat(body, policy=policy, prevent_cse=False, graph=False)
       return nnx.scan(body, in_axes=(nnx.Carry, 0, 0), out_axes=out_axes, graph=False)(x, self.blocks, jnp.asarray(flags))
     if policy is not None:
-      body = nnx.remat(body, policy=policy, static_argnums=(2,))
+      body = nnx.remat(body, policy=policy, static_argnums=(2,) if converted is None else ())
     stats = []
-    for block, converted in zip(self.blocks, flags):
-      x = body(x, block, converted)
+    for block, flag in zip(self.blocks, flags):
+      x = body(x, block, flag)
       if hooked:
         x, block_stats = x
         stats.append(block_stats)
     return (x, jax.tree_util.tree_map(lambda *a: jnp.stack(a), *stats)) if hooked else x
 
-  def __call__(self, latents: jnp.ndarray, timesteps: jnp.ndarray, context: jnp.ndarray) -> jnp.ndarray:
+  def __call__(self, latents: jnp.ndarray, timesteps: jnp.ndarray, context: jnp.ndarray, *,
+               converted: jnp.ndarray | None = None) -> jnp.ndarray:
+    """The flow prediction. ``converted``: optional [num_layers] bools choosing the ReHyAt blocks at run time
+    (``run_blocks``); None: the student's own ``rehyat.converted_blocks``."""
     x, e, e0, text, geometry = self.embed(latents, timesteps, context)
-    x = self.run_blocks(x, e0, text, self._rope(geometry), geometry)
+    x = self.run_blocks(x, e0, text, self._rope(geometry), geometry, converted=converted)
     return self.unpatchify(self.head(x, e), geometry)
 
   def forward_with_hook(self, latents: jnp.ndarray, timesteps: jnp.ndarray, context: jnp.ndarray,

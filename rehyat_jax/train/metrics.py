@@ -121,19 +121,25 @@ class RunLogger:
 
 
 def block_error_report(workdir: epath.Path, relative_error: np.ndarray, baseline_error: np.ndarray,
-                       converted: tuple[bool, ...]) -> str:
+                       converted: tuple[bool, ...], output_error: np.ndarray | None = None) -> str:
   """Table + PNG of per-block relative attention error (|softmax - hybrid| / |softmax|) for the
-  trained phi and for phi == 0; also writes per_block_error.json for tools/rank_blocks.py."""
-  rows = ["| block | converted | rel. error (trained phi) | rel. error (phi = 0) | ratio |", "|---|---|---|---|---|"]
+  trained phi and for phi == 0, and (when measured) each block's output error converted alone; also
+  writes per_block_error.json for tools/rank_blocks.py."""
+  effect = output_error is not None
+  rows = ["| block | converted | rel. error (trained phi) | rel. error (phi = 0) | ratio |"
+          + (" output error, this block alone |" if effect else ""), "|---|---|---|---|---|" + ("---|" if effect else "")]
   for i, (err, base, conv) in enumerate(zip(relative_error, baseline_error, converted)):
     ratio = err / base if conv and base > 0 else float("nan")
-    rows.append(f"| {i} | {'yes' if conv else 'no'} | {err:.4f} | {base:.4f} | {ratio:.3f} |")
+    rows.append(f"| {i} | {'yes' if conv else 'no'} | {err:.4f} | {base:.4f} | {ratio:.3f} |"
+                + (f" {output_error[i]:.3g} |" if effect else ""))
   table = "\n".join(rows)
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / "per_block_error.md").write_text(table + "\n")
-  (workdir / "per_block_error.json").write_text(json.dumps(
-      {"relative_error": [float(x) for x in relative_error], "baseline_error": [float(x) for x in baseline_error],
-       "converted": list(converted)}, indent=1))
+  report = {"relative_error": [float(x) for x in relative_error], "baseline_error": [float(x) for x in baseline_error],
+            "converted": list(converted)}
+  if effect:
+    report["output_error"] = [float(x) for x in output_error]
+  (workdir / "per_block_error.json").write_text(json.dumps(report, indent=1))
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top

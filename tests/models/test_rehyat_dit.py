@@ -177,3 +177,33 @@ def test_runtime_window_options_keep_the_output(window_backend, chunks_per_step)
 def test_runtime_config_rejects_bad_attention_options(field, value):
   with pytest.raises(ValueError, match=field):
     RuntimeConfig(**{field: value})
+
+
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_run_time_converted_mask_equals_the_static_choice(scan_layers):
+  # One compiled program with the converted blocks as a traced input computes, for each choice, what a model
+  # built with that choice computes (the same phi: both models share one student's weights).
+  tree, args = random_teacher_tree(), inputs(4)
+  every = student(RehyatConfig(chunk_frames=1, feature_map=SMALL_PHI), scan_layers, tree)
+  graphdef, state = nnx.split(every)
+  traces = []
+
+  @jax.jit
+  def run(state, mask):
+    traces.append(1)
+    return nnx.merge(graphdef, state)(*args, converted=mask)
+
+  for blocks in [(), (0,), (1,), (0, 1)]:
+    static = student(RehyatConfig(chunk_frames=1, converted_blocks=blocks, feature_map=SMALL_PHI), scan_layers, tree)
+    nnx.update(static, nnx.state(every, PhiParam))
+    mask = jnp.asarray([i in blocks for i in range(WAN_TINY.num_layers)])
+    assert rel_err(run(state, mask), static(*args)) <= 1e-5, blocks
+  assert len(traces) == 1
+
+
+def test_run_time_converted_mask_errors():
+  args = inputs(2)
+  with pytest.raises(ValueError, match="needs a ReHyAt student"):
+    WanDiT(WAN_TINY, rngs=nnx.Rngs(0))(*args, converted=jnp.ones(WAN_TINY.num_layers, bool))
+  with pytest.raises(ValueError, match=r"must be \[2\] bools"):
+    student(RehyatConfig(chunk_frames=1, feature_map=SMALL_PHI))(*args, converted=jnp.ones(3, bool))

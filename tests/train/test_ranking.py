@@ -13,10 +13,26 @@ from rehyat_jax.train.ranking import rank_blocks
 TOOL = Path(__file__).resolve().parents[2] / "tools" / "rank_blocks.py"
 
 
-def write_report(path, errors, converted=None):
-  path.write_text(json.dumps({"relative_error": errors, "baseline_error": [1.0] * len(errors),
-                              "converted": converted or [True] * len(errors)}))
+def write_report(path, errors, converted=None, output_error=None):
+  report = {"relative_error": errors, "baseline_error": [1.0] * len(errors),
+            "converted": converted or [True] * len(errors)}
+  if output_error is not None:
+    report["output_error"] = output_error
+  path.write_text(json.dumps(report))
   return path
+
+
+def test_rank_by_output_error(tmp_path):
+  report = write_report(tmp_path / "r.json", [0.5, 0.1, 0.9, 0.2], output_error=[1e-4, 5e-3, 2e-4, 3e-5])
+  assert rank_blocks(report, 2) == [1, 3]                 # the paper's criterion: attention error
+  assert rank_blocks(report, 2, by="output") == [0, 3]    # the blocks that change the prediction least
+  with pytest.raises(ValueError, match="rank by one of"):
+    rank_blocks(report, 2, by="speed")
+  with pytest.raises(ValueError, match="train.block_output_errors=True"):
+    rank_blocks(write_report(tmp_path / "old.json", [0.5, 0.1]), 1, by="output")
+  proc = subprocess.run([sys.executable, str(TOOL), str(report), "--count", "3", "--by", "output"],
+                        capture_output=True, text=True)
+  assert proc.returncode == 0 and proc.stdout.strip() == "0,2,3"
 
 
 def test_lowest_error_blocks_are_chosen(tmp_path):

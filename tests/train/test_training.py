@@ -67,6 +67,17 @@ def test_stage1_trains_phi_only_and_frozen_params_are_bit_identical(tmp_path):
   assert any(not np.array_equal(before_phi[k], after_phi[k]) for k in before_phi)
 
 
+def test_stage1_report_measures_each_blocks_output_effect(tmp_path):
+  cfg = config(**{"train.steps": 2, "workdir": str(tmp_path), "train.block_output_errors": True})
+  summary = run(cfg)
+  effect = summary["block_report"]["output_error"]
+  written = json.loads((tmp_path / "per_block_error.json").read_text())
+  assert len(effect) == len(written["converted"]) == WAN_TINY.num_layers
+  np.testing.assert_allclose(written["output_error"], effect, rtol=1e-6)
+  assert all(np.isfinite(effect)) and min(effect) > 0   # every converted block changes the prediction a little
+  assert "output error, this block alone" in (tmp_path / "per_block_error.md").read_text()
+
+
 def test_stage2_trainable_filter_is_respected(tmp_path):
   cfg = config("finetune", **{"train.steps": 2, "workdir": str(tmp_path), "train.trainable": "ffn"})
   initial = flat(nnx.state(build_model(cfg), nnx.Param))

@@ -211,7 +211,10 @@ def held_out_report(run: RunContext) -> dict:
     return {"block_l1": aux["block_l1"], "block_teacher_abs": aux["block_teacher_abs"], "flow": aux["flow"]}
 
   evaluate = jax.jit(block_stats, out_shardings=replicated(run.mesh))
-  errs, bases = [], []
+  output_errors = None
+  if run.cfg.train.block_output_errors:
+    output_errors = jax.jit(lambda *a: block_output_errors(run, *a), out_shardings=replicated(run.mesh))
+  errs, bases, effects = [], [], []
 
   def measure(batch, key):
     aux = evaluate(run.trainable, run.frozen, batch, key)
@@ -219,12 +222,30 @@ def held_out_report(run: RunContext) -> dict:
     scale = np.asarray(aux["block_teacher_abs"]).mean(axis=1)
     errs.append(np.asarray(aux["block_l1"]).mean(axis=1) / scale)
     bases.append(np.asarray(aux0["block_l1"]).mean(axis=1) / scale)
+    if output_errors is not None:
+      effects.append(np.asarray(output_errors(run.trainable, run.frozen, batch, key)))
     return aux["flow"]  # the teacher's: a held-out trajectory advances with it
 
   run.inputs.held_out(measure)
   rel, base = np.mean(errs, axis=0), np.mean(bases, axis=0)
+  effect = np.mean(effects, axis=0) if effects else None
   if run.is_main:
-    table = metrics_lib.block_error_report(run.workdir, rel, base, run.converted)
+    table = metrics_lib.block_error_report(run.workdir, rel, base, run.converted, output_error=effect)
     what = "held-out teacher trajectories" if run.cfg.data.source == "trajectories" else "held-out inputs"
     print(f"\nper-block relative attention error on {what} (|softmax - hybrid| / |softmax|):\n" + table, flush=True)
-  return {"relative_error": rel, "baseline_error": base}
+  report = {"relative_error": rel, "baseline_error": base}
+  if effect is not None:
+    report["output_error"] = effect
+  return report
+
+
+def block_output_errors(run: RunContext, trainable, frozen, batch, key) -> jax.Array:
+  """[num_layers]: |v_i - v_teacher|^2 / |v_teacher|^2 on the batch, v_i the flow with only block i converted
+  (trained phi). One compiled program: the converted blocks are a run-time mask (``WanDiT.__call__``)."""
+  inputs = run.inputs.prepare_with_key(batch, key)
+  model = nnx.merge(run.graphdef, trainable, frozen)
+  num_layers = len(run.converted)
+  flow = lambda mask: model(inputs["x_t"], inputs["timesteps"], inputs["text"], converted=mask).astype(jnp.float32)
+  teacher = flow(jnp.zeros(num_layers, bool))
+  alone = lambda i: jnp.sum((flow(jnp.arange(num_layers) == i) - teacher) ** 2) / jnp.sum(teacher ** 2)
+  return jax.lax.map(alone, jnp.arange(num_layers))
