@@ -8,10 +8,15 @@
 #   PART=generate  81-frame generation, 10 UniPC steps + CFG: teacher, student parallel and recurrent
 #                  in one process (second video timed), then the student alone with XLA's GPU
 #                  autotuning off, to see whether autotuning scratch makes the peak
+#   PART=memory    the student's 81-frame generation in a process capped at ~24 GiB
+#                  (XLA_PYTHON_CLIENT_MEM_FRACTION): does the autotuner then skip what does not fit and the
+#                  video still come out, at what speed; then the same with a persistent compilation cache
+#                  written by a first process and read by a second (is the autotuning done only once)
+#   PART=dit       whole-DiT forward teacher vs student at 21 and 84 latent frames, and recurrent at 42
 set -uo pipefail
 # shellcheck source=bench/device_env.sh
 source bench/device_env.sh
-case ${PART:?set PART=kernels, train or generate} in
+case ${PART:?set PART=kernels, train, generate, memory or dit} in
   kernels)
     python3 bench/check_kernel_parity.py 2>&1 | tee "$OUT/parity.log" | grep -v Warning | tail -6
     python3 bench/bench_attention.py --frames 21 84 --methods full_softmax rehyat_parallel --window-backend pallas \
@@ -36,6 +41,19 @@ case ${PART:?set PART=kernels, train or generate} in
       | tee "$OUT/generate.log" | grep -v "Warning\|warn" | tail -12
     XLA_FLAGS=--xla_gpu_autotune_level=0 python3 bench/bench_generate.py --steps 10 --videos 1 \
       --cases parallel:81 2>&1 | tee "$OUT/generate_autotune0.log" | grep -v "Warning\|warn" | tail -6
+    ;;
+  memory)
+    XLA_PYTHON_CLIENT_MEM_FRACTION=0.17 python3 bench/bench_generate.py --steps 10 --videos 2 --cases parallel:81 \
+      2>&1 | tee "$OUT/generate_capped.log" | grep -v "Warning\|warn" | tail -6
+    for run in first second; do
+      JAX_COMPILATION_CACHE_DIR=/tmp/jax_cache JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 \
+        python3 bench/bench_generate.py --steps 10 --videos 1 --cases parallel:81 2>&1 \
+        | tee "$OUT/generate_cache_$run.log" | grep -v "Warning\|warn" | tail -4
+    done
+    ;;
+  dit)
+    python3 bench/bench_dit.py --frames 21,84 --cases teacher,parallel --reps 3 2>&1 | tee "$OUT/bench_dit.log" | grep "^|"
+    python3 bench/bench_dit.py --frames 42 --cases recurrent --reps 2 2>&1 | tee "$OUT/bench_dit_42_rec.log" | grep "^|"
     ;;
   *) echo "unknown PART=$PART" >&2; exit 2 ;;
 esac
