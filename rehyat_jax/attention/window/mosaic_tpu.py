@@ -10,7 +10,8 @@ grid axis ("arbitrary"), with the running max, sum and accumulator in VMEM scrat
 at the first key block, finished with docs/method.md §2's joint normalisation at the last. The key
 bounds of each chunk arrive by scalar prefetch: key blocks outside [lo, hi) are skipped
 (``pl.when``) and their index map repeats the last useful block, so they cost no copy. Operands
-are head-major ([B*C, H, T, D]) so that a block's last two dims are (tokens, head dim).
+are head-major ([B*C, H, T, D]) so that a block's last two dims are (tokens, head dim); the running
+row statistics are lane-dense in VMEM (``NUM_LANES`` copies per row, as splash attention's).
 Returns the output and the residuals (row max in log2 units, n_S) like the GPU kernel.
 """
 
@@ -30,6 +31,8 @@ from rehyat_jax.attention.window.kernel_common import (LOG2_E, MASK_VALUE, Windo
                                                        kernel_precision, pad_flat, round_up)
 from rehyat_jax.attention.window.registry import WindowBackend, WindowBackward, register_window_backend
 
+NUM_LANES = 128  # a TPU vreg's lane count
+
 
 def _tpu_window_kernel(bounds_ref, q_ref, k_ref, v_ref, lin_num_ref, lin_den_ref, out_ref,
                        row_max_ref, row_sum_ref, max_scratch, sum_scratch, acc_scratch, *,
@@ -44,6 +47,11 @@ def _tpu_window_kernel(bounds_ref, q_ref, k_ref, v_ref, lin_num_ref, lin_den_ref
     sum_scratch[...] = jnp.zeros(sum_scratch.shape, jnp.float32)
     acc_scratch[...] = jnp.zeros(acc_scratch.shape, jnp.float32)
 
+  # The running max and sum are kept lane-dense, [block_q, NUM_LANES] with every lane equal (as splash
+  # attention keeps its row statistics): a [block_q, 1] VMEM buffer fills one lane of each vreg and every
+  # update of it is a masked load and store; the flash loop updates them at every key block.
+  column = lambda x: x[:, :1]
+
   in_window = (key_block >= key_lo // block_k) & (key_block * block_k < key_hi)
 
   @pl.when(in_window)
@@ -55,21 +63,21 @@ def _tpu_window_kernel(bounds_ref, q_ref, k_ref, v_ref, lin_num_ref, lin_den_ref
     index = key_block * block_k + jax.lax.broadcasted_iota(jnp.int32, scores.shape, 1)
     scores = jnp.where((index >= key_lo) & (index < key_hi), scores, MASK_VALUE)
     old_max = max_scratch[...]
-    new_max = jnp.maximum(old_max, jnp.max(scores, axis=1, keepdims=True))
+    new_max = jnp.maximum(old_max, jnp.max(scores, axis=1, keepdims=True))   # [block_q, NUM_LANES]
     rescale = jnp.exp2(old_max - new_max)
-    weights = jnp.exp2(scores - new_max)
+    weights = jnp.exp2(scores - column(new_max))
     sum_scratch[...] = sum_scratch[...] * rescale + jnp.sum(weights, axis=1, keepdims=True)
-    acc_scratch[...] = acc_scratch[...] * rescale + jax.lax.dot_general(
+    acc_scratch[...] = acc_scratch[...] * column(rescale) + jax.lax.dot_general(
         weights.astype(v.dtype), v, (((1,), (0,)), ((), ())), precision=precision,
         preferred_element_type=jnp.float32)
     max_scratch[...] = new_max
 
   @pl.when(key_block == key_blocks - 1)
   def _finish():
-    n_s = sum_scratch[...]
+    n_s = column(sum_scratch[...])
     den = jnp.maximum(n_s + lin_den_ref[...], DENOMINATOR_FLOOR * n_s)
     out_ref[...] = ((acc_scratch[...] + lin_num_ref[...]) / den).astype(out_ref.dtype)
-    row_max_ref[...] = max_scratch[...]
+    row_max_ref[...] = column(max_scratch[...])
     row_sum_ref[...] = n_s
 
 
@@ -97,7 +105,7 @@ def tpu_window_forward(q_chunks, k_windows, v_windows, lin_num, lin_den, key_bou
       num_scalar_prefetch=1, grid=(b * c, h, tq_pad // block_q, key_blocks),
       in_specs=[q_spec, kv_spec, kv_spec, q_spec, row_spec],
       out_specs=[q_spec, row_spec, row_spec],
-      scratch_shapes=[pltpu.VMEM((block_q, 1), jnp.float32), pltpu.VMEM((block_q, 1), jnp.float32),
+      scratch_shapes=[pltpu.VMEM((block_q, NUM_LANES), jnp.float32), pltpu.VMEM((block_q, NUM_LANES), jnp.float32),
                       pltpu.VMEM((block_q, d), jnp.float32)])
   stats = jax.ShapeDtypeStruct((b * c, h, tq_pad, 1), jnp.float32)
   kernel = functools.partial(_tpu_window_kernel, num_chunks=c, key_blocks=key_blocks,
