@@ -11,10 +11,14 @@ configs/toy_teacher.py on procedural videos); the student, data and learning rat
 --config.model.student=DIR/stage1/student_export.
 """
 
+import os
+
 from configs import toy_distill, toy_finetune
+from rehyat_jax import toy
 
 DEMO_DIR = "runs/demo"
-SHIPPED_TEACHER = "rehyat_jax/toy/teacher_dit"
+# As typed from the repository root (where the commands run); the package owns the location.
+SHIPPED_TEACHER = os.path.relpath(toy.SHIPPED_TEACHER, toy.SHIPPED_TEACHER.parents[2])
 
 
 def get_config(arg: str | None = None):

@@ -78,7 +78,8 @@ def generate(pipeline: Pipeline, prompts: str | Sequence[str], *, out_dir: str |
   check_pipeline(pipeline, frames, height, width, forward)
   video_io.check_video_writer()
   schedule = make_schedule(solver, steps, shift)
-  branch_mesh(cfg_devices)  # a device count that cannot work fails here, before anything is written
+  if guidance is not None and guidance != 1.0:
+    branch_mesh(cfg_devices)  # a device count that cannot work fails here, before anything is written
   if seeds_per_prompt < 1:
     raise GenerationError(f"seeds_per_prompt must be >= 1; got {seeds_per_prompt}")
   out_dir = Path(out_dir)

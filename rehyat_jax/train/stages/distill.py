@@ -223,7 +223,7 @@ def held_out_report(run: RunContext) -> dict:
     errs.append(np.asarray(aux["block_l1"]).mean(axis=1) / scale)
     bases.append(np.asarray(aux0["block_l1"]).mean(axis=1) / scale)
     if output_errors is not None:
-      effects.append(np.asarray(output_errors(run.trainable, run.frozen, batch, key)))
+      effects.append(np.asarray(output_errors(run.trainable, run.frozen, batch, key, aux["flow"])))
     return aux["flow"]  # the teacher's: a held-out trajectory advances with it
 
   run.inputs.held_out(measure)
@@ -239,13 +239,14 @@ def held_out_report(run: RunContext) -> dict:
   return report
 
 
-def block_output_errors(run: RunContext, trainable, frozen, batch, key) -> jax.Array:
+def block_output_errors(run: RunContext, trainable, frozen, batch, key, teacher_flow) -> jax.Array:
   """[num_layers]: |v_i - v_teacher|^2 / |v_teacher|^2 on the batch, v_i the flow with only block i converted
-  (trained phi). One compiled program: the converted blocks are a run-time mask (``WanDiT.__call__``)."""
+  (trained phi), ``teacher_flow`` the teacher's on the same inputs (the held-out pass computed it). One compiled
+  program: the converted blocks are a run-time mask (``WanDiT.__call__``)."""
   inputs = run.inputs.prepare_with_key(batch, key)
   model = nnx.merge(run.graphdef, trainable, frozen)
   num_layers = len(run.converted)
   flow = lambda mask: model(inputs["x_t"], inputs["timesteps"], inputs["text"], converted=mask).astype(jnp.float32)
-  teacher = flow(jnp.zeros(num_layers, bool))
+  teacher = teacher_flow.astype(jnp.float32)
   alone = lambda i: jnp.sum((flow(jnp.arange(num_layers) == i) - teacher) ** 2) / jnp.sum(teacher ** 2)
   return jax.lax.map(alone, jnp.arange(num_layers))
