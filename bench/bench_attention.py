@@ -41,12 +41,12 @@ import numpy as np
 from rehyat_jax.attention.geometry import make_geometry
 from rehyat_jax.attention.hybrid import hybrid_attention
 from rehyat_jax.attention.numerics import joint_normalise
-from rehyat_jax.attention.parallel import (chunk_windows, linear_terms, pad_to_chunks,
-                                           parallel_hybrid_attention, window_operands)
+from rehyat_jax.attention.parallel import geometry_band, linear_terms, parallel_hybrid_attention
 from rehyat_jax.attention.recurrent import recurrent_hybrid_attention
 from rehyat_jax.attention.window import (WindowKernelConfig, window_attention, window_backend_names,
                                          window_backward_names)
-from rehyat_jax.attention.window.xla import window_softmax
+from rehyat_jax.attention.window.band import band_windows, from_chunks, to_chunks
+from rehyat_jax.attention.window.xla import key_valid_from_bounds, window_softmax
 
 METHODS = ("full_softmax", "rehyat_parallel", "rehyat_parallel_xla", "rehyat_recurrent", "chunk_softmax",
            "chunk_softmax_fused", "chunk_softmax_cudnn", "linear_term")
@@ -102,21 +102,18 @@ def make_inputs(setup: Setup, frames: int) -> dict[str, jax.Array]:
 def chunk_softmax(q, k, v, *, setup: Setup) -> jax.Array:
   """The softmax-in-window part of the parallel form alone (a_S / n_S)."""
   geometry = make_geometry(q.shape[1], **setup.chunking)
-  key_valid = jnp.asarray(np.repeat(geometry.window_valid(), setup.tokens_per_frame, axis=1))
-  a_s, n_s = window_softmax(*window_operands(q, k, v, geometry), key_valid)
-  out = (a_s / n_s[..., None]).reshape(q.shape[0], -1, *q.shape[2:])
-  return out[:, :q.shape[1]].astype(q.dtype)
+  q_chunks, k_windows, v_windows, key_bounds = band_windows(q, k, v, geometry_band(geometry), 0)
+  a_s, n_s = window_softmax(q_chunks, k_windows, v_windows,
+                            key_valid_from_bounds(key_bounds, k_windows.shape[2]))
+  return from_chunks(a_s / n_s[..., None], q.shape[1]).astype(q.dtype)
 
 
 def chunk_softmax_fused(q, k, v, *, setup: Setup) -> jax.Array:
   """The window softmax alone through the fused kernel (lin_num = lin_den = 0)."""
   geometry = make_geometry(q.shape[1], **setup.chunking)
-  q_chunks, k_windows, v_windows = window_operands(q, k, v, geometry)
-  zeros = jnp.zeros(q_chunks.shape, jnp.float32)
-  out = window_attention(q_chunks, k_windows, v_windows, zeros, zeros[..., 0],
-                         geometry.window_key_bounds(),
-                         window_backend="pallas", kernel_config=setup.kernel)
-  return out.reshape(q.shape[0], -1, *q.shape[2:])[:, :q.shape[1]]
+  zeros = jnp.zeros(q.shape, jnp.float32)
+  return window_attention(q, k, v, zeros, zeros[..., 0], geometry_band(geometry),
+                          window_backend="pallas", kernel_config=setup.kernel)
 
 
 def chunk_softmax_cudnn(q, k, v, *, setup: Setup) -> jax.Array:
@@ -124,19 +121,17 @@ def chunk_softmax_cudnn(q, k, v, *, setup: Setup) -> jax.Array:
   missing overlap of chunk 0 is a key-length cut (softmax does not care about key order). Exact
   when Tc divides F (a shorter last chunk's padding is attended here: timing only)."""
   geometry = make_geometry(q.shape[1], **setup.chunking)
-  chunks = lambda x: pad_to_chunks(x, geometry)
   hw, tc = setup.tokens_per_frame, setup.chunk_frames
   overlap = geometry.overlap_frames * hw
+  q_chunks, k_windows, v_windows, _ = band_windows(q, k, v, geometry_band(geometry), 0)
   reorder = lambda w: jnp.concatenate([w[:, :, overlap:], w[:, :, :overlap]], axis=2)
-  k_windows = reorder(chunk_windows(chunks(k), geometry))
-  v_windows = reorder(chunk_windows(chunks(v), geometry))
   valid_overlap = geometry.window_valid()[:, :geometry.overlap_frames].sum(axis=1) * hw
   kv_lengths = np.tile(tc * hw + valid_overlap, q.shape[0]).astype(np.int32)
   flat = lambda x: x.reshape(-1, *x.shape[2:])
-  out = jax.nn.dot_product_attention(flat(chunks(q)), flat(k_windows), flat(v_windows),
+  out = jax.nn.dot_product_attention(flat(q_chunks), flat(reorder(k_windows)), flat(reorder(v_windows)),
                                      key_value_seq_lengths=jnp.asarray(kv_lengths),
                                      implementation="cudnn")
-  return out.reshape(q.shape[0], -1, *q.shape[2:])[:, :q.shape[1]]
+  return from_chunks(out.reshape(q_chunks.shape), q.shape[1])
 
 
 def linear_term(v, phi_q, phi_k, *, setup: Setup) -> jax.Array:
@@ -145,7 +140,7 @@ def linear_term(v, phi_q, phi_k, *, setup: Setup) -> jax.Array:
   lin_num, lin_den = linear_terms(phi_q, phi_k, v, geometry, causal=True)
   ones = jnp.ones_like(lin_den)  # stands in for n_S, so the division is the real one
   out = joint_normalise(jnp.zeros_like(lin_num), ones, lin_num, lin_den)
-  return out.reshape(v.shape[0], -1, *v.shape[2:])[:, :v.shape[1]].astype(v.dtype)
+  return from_chunks(out, v.shape[1]).astype(v.dtype)
 
 
 def method(name: str, setup: Setup) -> tuple[Callable[..., jax.Array], tuple[str, ...]]:

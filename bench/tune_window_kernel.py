@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rehyat_jax.attention.geometry import make_geometry
-from rehyat_jax.attention.parallel import window_operands
+from rehyat_jax.attention.parallel import geometry_band
 from rehyat_jax.attention.window import BackwardTiles, WindowKernelConfig, window_attention
 from rehyat_jax.attention.window.fused import row_cotangents
 from rehyat_jax.attention.window.triton_backward import fused_qkv_cotangents
@@ -39,37 +39,37 @@ def make_inputs(frames: int, args: argparse.Namespace):
   shape = (1, geometry.num_tokens, args.heads, args.head_dim)
   keys = jax.random.split(jax.random.key(frames), 5)
   q, k, v = (jax.random.normal(key, shape).astype(args.dtype) for key in keys[:3])
-  q_chunks, k_windows, v_windows = window_operands(q, k, v, geometry)
-  lin_num = jax.random.normal(keys[3], q_chunks.shape, jnp.float32)
-  lin_den = jax.random.uniform(keys[4], q_chunks.shape[:-1], jnp.float32, 0.0, 50.0)
-  return geometry, (q_chunks, k_windows, v_windows, lin_num, lin_den)
+  lin_num = jax.random.normal(keys[3], shape, jnp.float32)
+  lin_den = jax.random.uniform(keys[4], shape[:-1], jnp.float32, 0.0, 50.0)
+  return geometry, (q, k, v, lin_num, lin_den)
 
 
-def backward_cases(inputs, bounds):
+def backward_cases(inputs, band):
   """(XLA dq/dk/dv, (kernel, tiles) -> fused dq or dk/dv, inputs) from the same row-wise cotangents.
 
   Each fused backward kernel is timed alone: its tiles are set to the candidate, the other
   kernel's are the fixed ``BackwardTiles`` of the default config, and the forward's residuals
   are computed once, outside the timed function.
   """
-  q_chunks, k_windows, v_windows, lin_num, lin_den = inputs
-  cotangent = jax.random.normal(jax.random.key(7), q_chunks.shape, q_chunks.dtype)
+  q, k, v, lin_num, lin_den = inputs
+  cotangent = jax.random.normal(jax.random.key(7), q.shape, q.dtype)
   interpret = jax.default_backend() != "gpu"  # --tiny on a CPU
+  floor = jnp.zeros((), jnp.int32)
   out, row_max, row_sum = jax.jit(lambda q, k, v: triton_window_forward(
-      q, k, v, lin_num, lin_den, bounds, WindowKernelConfig(), interpret))(q_chunks, k_windows, v_windows)
+      q, k, v, lin_num, lin_den, floor, band, WindowKernelConfig(), interpret))(q, k, v)
   da, dn, _ = row_cotangents(out, row_sum, lin_den, cotangent)
 
   def xla(q, k, v, dy):
-    _, vjp = jax.vjp(lambda q, k, v: window_attention(q, k, v, lin_num, lin_den, bounds, window_backend="xla"),
+    _, vjp = jax.vjp(lambda q, k, v: window_attention(q, k, v, lin_num, lin_den, band, window_backend="xla"),
                      q, k, v)
     return vjp(dy)
 
   def fused_for(kernel, tiles):
     config = dataclasses.replace(WindowKernelConfig(), **{kernel: tiles})
     pick = (lambda g: g[0]) if kernel == "dq" else (lambda g: g[1:])
-    return jax.jit(lambda q, k, v, dy: pick(fused_qkv_cotangents(q, k, v, bounds, row_max, da, dn,
+    return jax.jit(lambda q, k, v, dy: pick(fused_qkv_cotangents(q, k, v, floor, row_max, da, dn, band,
                                                                  config, interpret)))
-  return jax.jit(xla), fused_for, (q_chunks, k_windows, v_windows, cotangent)
+  return jax.jit(xla), fused_for, (q, k, v, cotangent)
 
 
 def main(argv: list[str]) -> None:
@@ -107,18 +107,18 @@ def main(argv: list[str]) -> None:
         (min((t + 1) * geometry.chunk_frames, frames) - t * geometry.chunk_frames)
         * (geometry.softmax_frames(t)[1] - geometry.softmax_frames(t)[0])
         for t in range(geometry.num_chunks)) * args.tokens_per_frame ** 2
-    bounds = geometry.window_key_bounds()
+    band = geometry_band(geometry)
     if args.backward:
-      sweep_backward(geometry, inputs, bounds, window_flops, args)
+      sweep_backward(geometry, inputs, band, window_flops, args)
       continue
-    xla = jax.jit(lambda *x: window_attention(*x, bounds, window_backend="xla"))
+    xla = jax.jit(lambda *x: window_attention(*x, band, window_backend="xla"))
     expected = np.asarray(xla(*inputs).astype(jnp.float32))
     xla_ms = median_ms(xla, inputs, args.reps)
     rows = []
     for bq, bk, warps, stages in itertools.product(args.block_q, args.block_k, args.num_warps,
                                                    args.num_stages):
       config = WindowKernelConfig(block_q=bq, block_k=bk, num_warps=warps, num_stages=stages)
-      fused = jax.jit(lambda *x, c=config: window_attention(*x, bounds, window_backend="pallas",
+      fused = jax.jit(lambda *x, c=config: window_attention(*x, band, window_backend="pallas",
                                                             kernel_config=c))
       rows.append(time_config(fused, inputs, [expected], config, args.reps))
       print(rows[-1], flush=True)
@@ -147,9 +147,9 @@ def print_table(rows, flops, time_name, describe) -> None:
       print(f"| {describe(c)} | {ms:.3f} | {flops / ms / 1e9:.0f} | {error:.2e} |")
 
 
-def sweep_backward(geometry, inputs, bounds, window_flops, args) -> None:
+def sweep_backward(geometry, inputs, band, window_flops, args) -> None:
   """Times the dq kernel and the dk/dv kernel over their own tile grids (--block-q etc.)."""
-  xla, fused_for, bwd_inputs = backward_cases(inputs, bounds)
+  xla, fused_for, bwd_inputs = backward_cases(inputs, band)
   dq_ref, dk_ref, dv_ref = (np.asarray(g.astype(jnp.float32)) for g in xla(*bwd_inputs))
   xla_ms = median_ms(xla, bwd_inputs, args.reps)
   print(f"\nframes {geometry.num_frames}, backward: XLA window fwd+bwd {xla_ms:.2f} ms")

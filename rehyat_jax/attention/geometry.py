@@ -68,17 +68,6 @@ class ChunkGeometry:
     frame = t * self.chunk_frames - self.overlap_frames + w
     return (frame >= 0) & (frame < self.num_frames)
 
-  def window_key_bounds(self) -> np.ndarray:
-    """int32 [num_chunks, 2]: the valid window slots of each chunk as token range [lo, hi).
-
-    The valid frames of ``window_valid`` are contiguous (S_t is a frame range), so a range
-    describes them exactly.
-    """
-    valid = self.window_valid()
-    lo = np.argmax(valid, axis=1)
-    hi = lo + valid.sum(axis=1)
-    return (np.stack([lo, hi], axis=1) * self.tokens_per_frame).astype(np.int32)
-
   def linear_membership(self, causal: bool, halo_frames: int = 0) -> np.ndarray:
     """float32 [num_chunks, halo_frames + num_frames]: 1 where frame f belongs to L_t.
 

@@ -1,10 +1,11 @@
 """Form "parallel": chunk-parallel ReHyAt (the training form); nothing N x N is materialised.
 
-Softmax part: every chunk attends to its window [To overlap frames ; Tc chunk frames], built
-from static slices so shapes are static; slots before the video start and the padding of a
-shorter last chunk are masked. The ``window`` package computes it together with the joint
-normalisation (docs/method.md §2), in XLA (scores [B, chunks, H, Tc*HW, (To+Tc)*HW]
-materialised) or with a fused Pallas kernel (scores stay on chip).
+Softmax part: every chunk attends to its window [To overlap frames ; Tc chunk frames]; slots
+before the video start and past its end are masked. q, k, v go to the ``window`` package as
+they are, with the band that says which keys each query sees (``window.band``); it computes the
+window together with the joint normalisation (docs/method.md §2), in XLA (per-chunk windows
+built, scores [B, chunks, H, Tc*HW, (To+Tc)*HW] materialised) or with a fused Pallas kernel
+(q, k, v read in place, scores stay on chip).
 
 Linear part: per-frame sums phi_k v^T and phi_k, mixed into each chunk's L_t by a static
 0/1 membership matrix [chunks, frames]. Working at frame granularity gets the causal set
@@ -20,39 +21,20 @@ import jax.numpy as jnp
 from rehyat_jax.attention.geometry import ChunkGeometry, validate_hybrid_inputs
 from rehyat_jax.attention.numerics import clamp_features, feature_einsum
 from rehyat_jax.attention.window import WindowKernelConfig, check_window_chunks_per_step, window_attention
+from rehyat_jax.attention.window.band import WindowBand, from_chunks, to_chunks
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def pad_to_chunks(x: jax.Array, geometry: ChunkGeometry) -> jax.Array:
   """[B, N, H, d] -> [B, chunks, Tc*HW, H, d], zero frames appended to fill the last chunk."""
-  extra = (geometry.padded_frames - geometry.num_frames) * geometry.tokens_per_frame
-  x = jnp.pad(x, ((0, 0), (0, extra), (0, 0), (0, 0)))
-  b, _, h, d = x.shape
-  return x.reshape(b, geometry.num_chunks, geometry.chunk_frames * geometry.tokens_per_frame, h, d)
+  return to_chunks(x, geometry.chunk_frames * geometry.tokens_per_frame)
 
 
-def chunk_windows(x_chunks: jax.Array, geometry: ChunkGeometry,
-                  halo: jax.Array | None = None) -> jax.Array:
-  """[B, chunks, Tc*HW, H, d] -> [B, chunks, (To+Tc)*HW, H, d]: the To frames before each chunk
-  (from as many earlier chunks as To spans), then the chunk.
-
-  ``halo``: [B, To*HW, H, d], the To frames before the first chunk (a sequence shard's frames
-  from earlier shards, ``sequence_parallel.py``); None: zeros (the video start).
-  """
-  hw, tc, to = geometry.tokens_per_frame, geometry.chunk_frames, geometry.overlap_frames
-  if to == 0:
-    return x_chunks
-  b, n, _, h, d = x_chunks.shape
-  if halo is None:
-    halo = jnp.zeros((b, to * hw, h, d), x_chunks.dtype)
-  earlier = -(-to // tc)
-  # The halo, zero-padded in front to whole chunks, plays the chunks before the first one.
-  halo = jnp.pad(halo.astype(x_chunks.dtype), ((0, 0), ((earlier * tc - to) * hw, 0), (0, 0), (0, 0)))
-  padded = jnp.concatenate([halo.reshape(b, earlier, tc * hw, h, d), x_chunks], axis=1)
-  pieces = [padded[:, earlier - back:earlier - back + n] for back in range(earlier, -1, -1)]
-  stacked = jnp.concatenate(pieces, axis=2)  # chunks t-earlier .. t, frames in order
-  return stacked[:, :, (earlier * tc - to) * hw:]
+def geometry_band(geometry: ChunkGeometry, key_shift_frames: int = 0) -> WindowBand:
+  """The softmax windows of ``geometry`` over its flat tokens (``window.band``)."""
+  return WindowBand(geometry.tokens_per_frame, geometry.chunk_frames, geometry.overlap_frames,
+                    key_shift_frames)
 
 
 def frame_sums(phi_k: jax.Array, v: jax.Array,
@@ -83,18 +65,6 @@ def linear_states(phi_k: jax.Array, v: jax.Array, geometry: ChunkGeometry,
   precision class: ``numerics.feature_einsum``)."""
   return mix_frames(geometry.linear_membership(causal),
                     *frame_sums(phi_k, v, geometry.tokens_per_frame))
-
-
-def window_operands(q: jax.Array, k: jax.Array, v: jax.Array, geometry: ChunkGeometry,
-                    k_halo: jax.Array | None = None, v_halo: jax.Array | None = None
-                    ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """q per chunk [B, C, Tc*HW, H, D] and k, v per softmax window [B, C, (To+Tc)*HW, H, D].
-
-  ``k_halo``, ``v_halo``: the To frames before frame 0 (``chunk_windows``); None: zeros.
-  """
-  k_windows = chunk_windows(pad_to_chunks(k, geometry), geometry, k_halo)
-  v_windows = chunk_windows(pad_to_chunks(v, geometry), geometry, v_halo)
-  return pad_to_chunks(q, geometry), k_windows, v_windows
 
 
 def linear_readout(phi_q: jax.Array, kv_l: jax.Array, z_l: jax.Array,
@@ -130,14 +100,12 @@ def parallel_hybrid_attention(q: jax.Array, k: jax.Array, v: jax.Array, phi_q: j
   geometry = validate_hybrid_inputs(q, k, v, phi_q, phi_k, tokens_per_frame=tokens_per_frame,
                                     chunk_frames=chunk_frames, overlap_frames=overlap_frames)
   check_window_chunks_per_step(window_chunks_per_step)
-  b, n, h, d = q.shape
+  n = q.shape[1]
   phi_q = clamp_features(phi_q)
   phi_k = clamp_features(phi_k)
 
-  q_chunks, k_windows, v_windows = window_operands(q, k, v, geometry)
   lin_num, lin_den = linear_terms(phi_q, phi_k, v, geometry, causal)
-  out = window_attention(q_chunks, k_windows, v_windows, lin_num, lin_den,
-                         geometry.window_key_bounds(), window_backend=window_backend,
-                         window_backward=window_backward,
-                         window_chunks_per_step=window_chunks_per_step, kernel_config=kernel_config)
-  return out.reshape(b, geometry.padded_frames * tokens_per_frame, h, d)[:, :n]
+  return window_attention(q, k, v, from_chunks(lin_num, n), from_chunks(lin_den, n),
+                          geometry_band(geometry), window_backend=window_backend,
+                          window_backward=window_backward,
+                          window_chunks_per_step=window_chunks_per_step, kernel_config=kernel_config)

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from rehyat_jax.attention.geometry import validate_hybrid_inputs, validate_qkv_phi
 from rehyat_jax.attention.numerics import clamp_features, feature_einsum
-from rehyat_jax.attention.window import WindowKernelConfig, window_attention
+from rehyat_jax.attention.window import WindowBand, WindowKernelConfig, window_attention
 
 
 
@@ -105,11 +105,12 @@ def recurrent_chunk_step(state: RecurrentState, q: jax.Array, k: jax.Array, v: j
   lin_den = feature_einsum("bqhp,bhp->bqh", phi_q, state.z)
   # Invalid cache slots (before the video start) are always a prefix of the buffer.
   first_valid = cached - jnp.sum(state.overlap_valid, dtype=jnp.int32)
-  key_bounds = jnp.stack([first_valid, jnp.int32(cached + chunk_tokens)])[None]
-  one_chunk = lambda x: x[:, None]
-  out = window_attention(one_chunk(q), one_chunk(k_buf), one_chunk(v_buf), one_chunk(lin_num),
-                         one_chunk(lin_den), key_bounds, window_backend=window_backend,
-                         window_backward=window_backward, kernel_config=kernel_config)[:, 0]
+  # One chunk whose window is the whole buffer: k_buf holds the cache's frames before q's first.
+  cached_frames = cached // tokens_per_frame
+  band = WindowBand(tokens_per_frame, chunk_tokens // tokens_per_frame, cached_frames, cached_frames)
+  out = window_attention(q, k_buf, v_buf, lin_num, lin_den, band, first_valid,
+                         window_backend=window_backend, window_backward=window_backward,
+                         kernel_config=kernel_config)
 
   leaving = valid_buf[:chunk_tokens][None, :, None, None]
   phi_leaving = jnp.where(leaving, phi_k_buf[:, :chunk_tokens], 0)

@@ -2,7 +2,7 @@
 axis (``core.sharding.SEQUENCE_AXIS``, "sequence"), whole chunks per device.
 
 Device i of P holds frames [i*Fd, (i+1)*Fd), Fd = F / P, and computes its own queries with the
-parallel form's pieces (``parallel.py``: ``window_operands``, ``frame_sums``, ``mix_frames``,
+parallel form's pieces (``parallel.py``: ``geometry_band``, ``frame_sums``, ``mix_frames``,
 ``linear_readout``; ``window.window_attention`` with any backend, the Pallas kernels included,
 which then run per shard as they are). What crosses devices (docs/method.md §1-§2):
 
@@ -49,10 +49,11 @@ from jax.sharding import PartitionSpec as P
 from rehyat_jax.attention.geometry import ChunkGeometry, validate_hybrid_inputs
 from rehyat_jax.attention.kernel_sharding import batch_and_head_axes
 from rehyat_jax.attention.numerics import clamp_features
-from rehyat_jax.attention.parallel import (frame_sums, linear_readout, mix_frames, parallel_hybrid_attention,
-                                           window_operands)
+from rehyat_jax.attention.parallel import (frame_sums, geometry_band, linear_readout, mix_frames,
+                                           parallel_hybrid_attention)
 from rehyat_jax.attention.window import (WindowKernelConfig, check_window_chunks_per_step, check_window_settings,
                                          window_attention)
+from rehyat_jax.attention.window.band import from_chunks
 from rehyat_jax.core.sharding import SEQUENCE_AXIS, context_axis_size
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -119,9 +120,9 @@ def _shard_hybrid(q, k, v, phi_q, phi_k, *, geometry: ChunkGeometry, shard: Chun
   k_halo, v_halo, phi_k_halo = _frames_before((k, v, phi_k), to, tokens_per_frame=hw,
                                               num_devices=num_devices, axis=axis)
 
-  q_chunks, k_windows, v_windows = window_operands(q, k, v, shard, k_halo, v_halo)
-  key_bounds = jax.lax.dynamic_slice_in_dim(jnp.asarray(geometry.window_key_bounds()),
-                                            device * shard.num_chunks, shard.num_chunks)
+  # The window sees [halo ; own frames]; the halo's frames before the video start are not keys.
+  k_buf, v_buf = jnp.concatenate([k_halo, k], axis=1), jnp.concatenate([v_halo, v], axis=1)
+  key_floor = jnp.maximum(to - device * shard.num_frames, 0) * hw
 
   # Per-frame sums over the buffer [halo ; own frames], then this device's summaries.
   kv_frames, z_frames = frame_sums(jnp.concatenate([phi_k_halo, phi_k], axis=1),
@@ -141,8 +142,9 @@ def _shard_hybrid(q, k, v, phi_q, phi_k, *, geometry: ChunkGeometry, shard: Chun
 
   kv_l, z_l = mix_frames(shard.linear_membership(causal, halo_frames=to), kv_frames, z_frames)
   lin_num, lin_den = linear_readout(phi_q, kv_l + kv_outside[:, None], z_l + z_outside[:, None], shard)
-  out = window_attention(q_chunks, k_windows, v_windows, lin_num, lin_den, key_bounds, **window)
-  return out.reshape(q.shape)
+  n = q.shape[1]
+  return window_attention(q, k_buf, v_buf, from_chunks(lin_num, n), from_chunks(lin_den, n),
+                          geometry_band(shard, key_shift_frames=to), key_floor, **window)
 
 
 def sequence_parallel_hybrid_attention(q: jax.Array, k: jax.Array, v: jax.Array, phi_q: jax.Array,

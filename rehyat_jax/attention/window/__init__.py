@@ -6,10 +6,12 @@
     y = (a_S + lin_num) / guard(n_S + lin_den),
 
 a_S, n_S the softmax over the chunk's window with c = the exact row max, lin_num = phi_q . KV_L
-and lin_den = phi_q . z_L precomputed by the form. Settings: ``window_backend`` ('auto' or a
+and lin_den = phi_q . z_L precomputed by the form. Operands stay in the forms' token layout; a
+``WindowBand`` says which keys each query's window holds (``band.py``). Settings: ``window_backend`` ('auto' or a
 ``WINDOW_BACKENDS`` name), ``window_backward`` (which dq/dk/dv pass a kernel backend uses),
 ``window_chunks_per_step`` (group size of the XLA window, forward and "xla" backward).
 
+band.py             the band layout: which keys each query sees; per-chunk windows built from it
 registry.py         entries, 'auto' resolution, ``check_window_settings``
 xla.py              "xla": plain XLA, scores materialised
 fused.py            shared by the kernel backends: custom_vjp, row-wise backward, "xla" backward,
@@ -29,11 +31,13 @@ from __future__ import annotations
 import numbers
 
 import jax
+import jax.numpy as jnp
 
 # One import per backend module: importing it registers it (this order is 'auto's order).
 from rehyat_jax.attention.window import xla as _xla  # noqa: F401
 from rehyat_jax.attention.window import triton_forward as _triton_forward  # noqa: F401
 from rehyat_jax.attention.window import mosaic_tpu as _mosaic_tpu  # noqa: F401
+from rehyat_jax.attention.window.band import WindowBand, check_band_operands
 from rehyat_jax.attention.window.fused import run_kernel_backend
 from rehyat_jax.attention.window.kernel_common import BackwardTiles, WindowKernelConfig, tileable_head_dim
 from rehyat_jax.attention.window.registry import (AUTO, WINDOW_BACKENDS, WindowBackend, WindowBackward,
@@ -49,17 +53,16 @@ def check_window_chunks_per_step(window_chunks_per_step: int | None) -> None:
     raise ValueError(f"window_chunks_per_step must be None or >= 1, got {value!r}")
 
 
-def window_attention(q_chunks: jax.Array, k_windows: jax.Array, v_windows: jax.Array,
-                     lin_num: jax.Array, lin_den: jax.Array, key_bounds: jax.Array, *,
+def window_attention(q: jax.Array, k: jax.Array, v: jax.Array, lin_num: jax.Array,
+                     lin_den: jax.Array, band: WindowBand, key_floor=0, *,
                      window_backend: str = AUTO, window_backward: str = AUTO,
                      window_chunks_per_step: int | None = None,
                      kernel_config: WindowKernelConfig = WindowKernelConfig()) -> jax.Array:
-  """y = (a_S + lin_num) / guard(n_S + lin_den) for every chunk window, in q's dtype.
+  """y = (a_S + lin_num) / guard(n_S + lin_den) for every query, [B, Tq, H, D] in q's dtype.
 
-  q_chunks [B, C, Tc*HW, H, D]; k/v_windows [B, C, (To+Tc)*HW, H, D]; lin_num [B, C, Tc*HW,
-  H, D], lin_den [B, C, Tc*HW, H] (float32); key_bounds int32 [C, 2] (static or traced):
-  window slots [lo_c, hi_c) of chunk c hold keys of S_t, the others (before the video start,
-  padding of a shorter last chunk) are masked.
+  q [B, Tq, H, D] and k, v [B, Tk, H, D] in the forms' own token layout; ``band`` and
+  ``key_floor`` (an int, or a traced int32 scalar) say which keys each query's window holds
+  (``band.py``); lin_num [B, Tq, H, D] and lin_den [B, Tq, H] float32.
 
   ``window_backend``: 'auto' (``registry.resolve_window_backend``) or an entry of
   ``WINDOW_BACKENDS``; a kernel entry runs per batch/head shard of the context mesh, compiled
@@ -70,19 +73,19 @@ def window_attention(q_chunks: jax.Array, k_windows: jax.Array, v_windows: jax.A
   """
   check_window_settings(window_backend, window_backward)
   check_window_chunks_per_step(window_chunks_per_step)
-  entry = WINDOW_BACKENDS[resolve_window_backend(window_backend, q_chunks.shape[-1])]
+  check_band_operands(q, k, v, lin_num, lin_den, band)
+  entry = WINDOW_BACKENDS[resolve_window_backend(window_backend, q.shape[-1])]
   window_backward = effective_backward(entry, window_backward)
+  key_floor = jnp.asarray(key_floor, jnp.int32)
   if not entry.is_kernel:
-    return entry.forward(q_chunks, k_windows, v_windows, lin_num, lin_den, key_bounds,
-                         window_chunks_per_step)
-  return run_kernel_backend(entry, window_backward, q_chunks, k_windows, v_windows, lin_num, lin_den,
-                            key_bounds, window_chunks_per_step=window_chunks_per_step,
-                            kernel_config=kernel_config)
+    return entry.forward(q, k, v, lin_num, lin_den, key_floor, band, window_chunks_per_step)
+  return run_kernel_backend(entry, window_backward, q, k, v, lin_num, lin_den, key_floor, band,
+                            window_chunks_per_step=window_chunks_per_step, kernel_config=kernel_config)
 
 
 __all__ = [
     "AUTO", "WINDOW_BACKENDS", "BackwardTiles", "WindowBackend", "WindowBackward", "WindowKernelConfig",
-    "auto_backward_names", "check_window_chunks_per_step", "check_window_settings", "effective_backward",
+    "WindowBand", "auto_backward_names", "check_window_chunks_per_step", "check_window_settings", "effective_backward",
     "register_window_backend", "resolve_window_backend", "tileable_head_dim", "window_attention",
     "window_backend_names", "window_backward_names",
 ]

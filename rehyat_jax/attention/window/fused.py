@@ -1,5 +1,6 @@
 """What every kernel window backend shares: the ``jax.custom_vjp`` around a kernel forward, the
-row-wise part of its backward, the "xla" backward, and the per-shard dispatch.
+row-wise part of its backward, the "xla" backward, and the per-shard dispatch. Operands are in
+the band layout (``band.py``): q, lin_num [B, Tq, H, D], k, v [B, Tk, H, D], lin_den [B, Tq, H].
 
 A kernel forward returns the output and the residuals c (row max, log2 units) and n_S. Per
 query row it computed (docs/method.md §2, c the row max, p_j = exp(s_j - c)):
@@ -29,6 +30,7 @@ import jax.numpy as jnp
 
 from rehyat_jax.attention.kernel_sharding import map_over_batch_and_heads
 from rehyat_jax.attention.numerics import DENOMINATOR_FLOOR
+from rehyat_jax.attention.window.band import WindowBand
 from rehyat_jax.attention.window.kernel_common import WindowKernelConfig, tileable_head_dim
 from rehyat_jax.attention.window.registry import WindowBackend
 from rehyat_jax.attention.window.xla import xla_window_attention
@@ -37,15 +39,15 @@ from rehyat_jax.attention.window.xla import xla_window_attention
 class KernelResiduals(NamedTuple):
   """What a kernel's backward gets: the forward's inputs, its output and its statistics."""
 
-  q_chunks: jax.Array
-  k_windows: jax.Array
-  v_windows: jax.Array
+  q: jax.Array
+  k: jax.Array
+  v: jax.Array
   lin_num: jax.Array
   lin_den: jax.Array
-  key_bounds: jax.Array
+  key_floor: jax.Array
   out: jax.Array
-  row_max: jax.Array  # c in log2 units, [B, C, Tq, H]
-  row_sum: jax.Array  # n_S, [B, C, Tq, H]
+  row_max: jax.Array  # c in log2 units, [B, Tq, H]
+  row_sum: jax.Array  # n_S, [B, Tq, H]
 
 
 def row_cotangents(out, row_sum, lin_den, cotangent):
@@ -64,65 +66,62 @@ def row_cotangents(out, row_sum, lin_den, cotangent):
   return da, dn, dlin_den
 
 
-def xla_qkv_cotangents(res: KernelResiduals, cotangent, da, dn, *, config: WindowKernelConfig,
-                       interpret: bool, window_chunks_per_step: int | None):
+def xla_qkv_cotangents(res: KernelResiduals, cotangent, da, dn, *, band: WindowBand,
+                       config: WindowKernelConfig, interpret: bool,
+                       window_chunks_per_step: int | None):
   """Backward "xla" of the kernel backends: dq, dk, dv by ``jax.vjp`` of the XLA window
   (grouped by ``window_chunks_per_step`` as in its forward)."""
   del da, dn, config, interpret  # recomputed inside the XLA window's own backward
-  xla = lambda q, k, v: xla_window_attention(q, k, v, res.lin_num, res.lin_den, res.key_bounds,
+  xla = lambda q, k, v: xla_window_attention(q, k, v, res.lin_num, res.lin_den, res.key_floor, band,
                                              window_chunks_per_step)
-  _, vjp = jax.vjp(xla, res.q_chunks, res.k_windows, res.v_windows)
+  _, vjp = jax.vjp(xla, res.q, res.k, res.v)
   return vjp(cotangent)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9, 10))
-def fused_window_attention(q_chunks: jax.Array, k_windows: jax.Array, v_windows: jax.Array,
-                           lin_num: jax.Array, lin_den: jax.Array, key_bounds: jax.Array,
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9, 10, 11))
+def fused_window_attention(q: jax.Array, k: jax.Array, v: jax.Array, lin_num: jax.Array,
+                           lin_den: jax.Array, key_floor: jax.Array, band: WindowBand,
                            forward: Callable, backward: Callable, config: WindowKernelConfig,
                            interpret: bool, window_chunks_per_step: int | None) -> jax.Array:
   """``window_attention`` through a kernel ``forward`` with the dq/dk/dv ``backward`` (an
   entry's ``WindowBackward.fn``). ``interpret``: Pallas interpret mode (any backend; slow, for
   tests); ``window_chunks_per_step`` only shapes the "xla" backward."""
-  return forward(q_chunks, k_windows, v_windows, lin_num, lin_den, key_bounds, config, interpret)[0]
+  return forward(q, k, v, lin_num, lin_den, key_floor, band, config, interpret)[0]
 
 
-def _fused_fwd(q_chunks, k_windows, v_windows, lin_num, lin_den, key_bounds, forward, backward,
-               config, interpret, window_chunks_per_step):
-  out, row_max, row_sum = forward(q_chunks, k_windows, v_windows, lin_num, lin_den, key_bounds,
-                                  config, interpret)
-  return out, KernelResiduals(q_chunks, k_windows, v_windows, lin_num, lin_den, key_bounds, out,
-                              row_max, row_sum)
+def _fused_fwd(q, k, v, lin_num, lin_den, key_floor, band, forward, backward, config, interpret,
+               window_chunks_per_step):
+  out, row_max, row_sum = forward(q, k, v, lin_num, lin_den, key_floor, band, config, interpret)
+  return out, KernelResiduals(q, k, v, lin_num, lin_den, key_floor, out, row_max, row_sum)
 
 
-def _fused_bwd(forward, backward, config, interpret, window_chunks_per_step, res, cotangent):
+def _fused_bwd(band, forward, backward, config, interpret, window_chunks_per_step, res, cotangent):
   del forward
   # The linear branch's cotangents are row-wise; only dq, dk, dv need the scores again.
   da, dn, dlin_den = row_cotangents(res.out, res.row_sum, res.lin_den, cotangent)
-  dq, dk, dv = backward(res, cotangent, da, dn, config=config, interpret=interpret,
+  dq, dk, dv = backward(res, cotangent, da, dn, band=band, config=config, interpret=interpret,
                         window_chunks_per_step=window_chunks_per_step)
-  # Integer key bounds get no cotangent.
+  # The integer key floor gets no cotangent.
   return dq, dk, dv, da.astype(res.lin_num.dtype), dlin_den.astype(res.lin_den.dtype), None
 
 
 fused_window_attention.defvjp(_fused_fwd, _fused_bwd)
 
 
-def run_kernel_backend(entry: WindowBackend, window_backward: str, q_chunks: jax.Array,
-                       k_windows: jax.Array, v_windows: jax.Array, lin_num: jax.Array,
-                       lin_den: jax.Array, key_bounds: jax.Array, *,
-                       window_chunks_per_step: int | None,
+def run_kernel_backend(entry: WindowBackend, window_backward: str, q: jax.Array, k: jax.Array,
+                       v: jax.Array, lin_num: jax.Array, lin_den: jax.Array, key_floor: jax.Array,
+                       band: WindowBand, *, window_chunks_per_step: int | None,
                        kernel_config: WindowKernelConfig) -> jax.Array:
   """A kernel entry's window, per batch/head shard of the context mesh (``kernel_sharding``),
   compiled on the entry's platforms and in Pallas interpret mode elsewhere."""
-  head_dim = q_chunks.shape[-1]
+  head_dim = q.shape[-1]
   interpret = not entry.compiles_here()
   if not interpret and not tileable_head_dim(head_dim):
     raise ValueError(f"window_backend {entry.name!r}: the fused kernel needs a power-of-two head "
                      f"dim >= 16, got {head_dim}; use window_backend='xla' (or 'auto')")
   backward = entry.backwards[window_backward].fn
-  kernel = lambda *xs: fused_window_attention(*xs, entry.forward, backward, kernel_config, interpret,
-                                              window_chunks_per_step)
-  per_token = (0, 3)  # [B, C, T, H, ...]: batch and head dims
-  return map_over_batch_and_heads(
-      kernel, (q_chunks, k_windows, v_windows, lin_num, lin_den, jnp.asarray(key_bounds, jnp.int32)),
-      (per_token,) * 5 + (None,))
+  kernel = lambda *xs: fused_window_attention(*xs, band, entry.forward, backward, kernel_config,
+                                              interpret, window_chunks_per_step)
+  per_token = (0, 2)  # [B, T, H, ...]: batch and head dims
+  return map_over_batch_and_heads(kernel, (q, k, v, lin_num, lin_den, key_floor),
+                                  (per_token,) * 5 + (None,))

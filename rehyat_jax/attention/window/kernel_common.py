@@ -1,6 +1,6 @@
 """What the fused window kernels (triton_forward.py, triton_backward.py, mosaic_tpu.py) share:
-tile configuration, the head dims they can tile, padding to tiles, matmul precision and the
-score constants."""
+tile configuration, the head dims they can tile, the band's row ranges and masked row access of
+the Triton kernels, padding to tiles (TPU), matmul precision and the score constants."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
 
 LOG2_E = math.log2(math.e)
 # A finite mask value: exp2(mask - m) underflows to exactly 0 for any finite row max m, and
@@ -90,6 +92,32 @@ def pad_flat(x: jax.Array, length: int) -> jax.Array:
   pad[2] = (0, length - x.shape[2])
   x = jnp.pad(x, pad)
   return x.reshape(x.shape[0] * x.shape[1], length, *x.shape[3:])
+
+
+def band_rows(first_row, block_rows: int, band, key_floor, num_queries: int, num_keys: int,
+              block_k: int):
+  """Inside a Triton kernel, for the query rows [first_row, first_row + block_rows): each row's key
+  range [lo, hi) (``WindowBand.key_range`` of its chunk; vectors) and the key blocks [first,
+  last) of ``block_k`` keys that cover the union of those ranges (scalars)."""
+  rows = first_row + jnp.arange(block_rows)
+  lo, hi = band.key_range(rows // band.chunk_tokens, key_floor, num_keys)
+  last_row = jnp.minimum(first_row + block_rows, num_queries) - 1
+  block_lo = band.key_range(first_row // band.chunk_tokens, key_floor, num_keys)[0]
+  block_hi = band.key_range(last_row // band.chunk_tokens, key_floor, num_keys)[1]
+  return lo, hi, block_lo // block_k, (block_hi + block_k - 1) // block_k
+
+
+def load_rows(ref, start, size: int, row_mask):
+  """Rows [start, start + size) of a [T, ...] ref inside a Triton kernel, zeros where
+  ``row_mask`` [size] is False (past the ends: a masked load reads nothing there)."""
+  mask = row_mask.reshape(row_mask.shape + (1,) * (len(ref.shape) - 1))
+  return pltriton.load(ref.at[pl.ds(start, size)], mask=mask, other=0)
+
+
+def store_rows(ref, start, value, row_mask) -> None:
+  """Writes ``value`` to rows [start, start + len(value)) of a [T, ...] ref, where ``row_mask``."""
+  mask = row_mask.reshape(row_mask.shape + (1,) * (value.ndim - 1))
+  pltriton.store(ref.at[pl.ds(start, value.shape[0])], value, mask=mask)
 
 
 def kernel_precision(dtype) -> jax.lax.Precision:

@@ -26,6 +26,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from rehyat_jax.attention.numerics import DENOMINATOR_FLOOR
+from rehyat_jax.attention.window.band import WindowBand, band_windows, from_chunks, to_chunks
 from rehyat_jax.attention.window.fused import xla_qkv_cotangents
 from rehyat_jax.attention.window.kernel_common import (LOG2_E, MASK_VALUE, WindowKernelConfig,
                                                        kernel_precision, pad_flat, round_up)
@@ -81,7 +82,18 @@ def _tpu_window_kernel(bounds_ref, q_ref, k_ref, v_ref, lin_num_ref, lin_den_ref
     row_sum_ref[...] = n_s
 
 
-def tpu_window_forward(q_chunks, k_windows, v_windows, lin_num, lin_den, key_bounds,
+def tpu_window_forward(q, k, v, lin_num, lin_den, key_floor, band: WindowBand,
+                       config: WindowKernelConfig, interpret: bool):
+  """Output [B, Tq, H, D] and residuals row max (log2 units), n_S [B, Tq, H] (the band layout);
+  the kernel itself runs on the band's per-chunk windows (``band.band_windows``)."""
+  q_chunks, k_windows, v_windows, key_bounds = band_windows(q, k, v, band, key_floor)
+  chunks = lambda x: to_chunks(x, band.chunk_tokens)
+  outputs = _tpu_window_chunks(q_chunks, k_windows, v_windows, chunks(lin_num), chunks(lin_den),
+                               key_bounds, config, interpret)
+  return tuple(from_chunks(x, q.shape[1]) for x in outputs)
+
+
+def _tpu_window_chunks(q_chunks, k_windows, v_windows, lin_num, lin_den, key_bounds,
                        config: WindowKernelConfig, interpret: bool):
   """Output [B, C, Tq, H, D] and residuals row max (log2 units), n_S [B, C, Tq, H]."""
   b, c, tq, h, d = q_chunks.shape

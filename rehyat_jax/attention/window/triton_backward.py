@@ -10,8 +10,10 @@ stop-gradient constant, as in every form):
 
     dv_j += p_j da,   ds_j = p_j (da . v_j + dn),   dq = scale sum_j ds_j k_j,   dk_j += scale ds_j q
 
-Two kernels recompute the scores tile by tile: one per query block for dq (loop over the
-window's keys), one per key block for dk and dv (loop over the chunk's queries).
+Two kernels recompute the scores tile by tile, in the band layout of the forward (``band.py``,
+operands read in place): one per query block for dq (loop over the rows' key blocks), one per
+key block for dk and dv (loop over the query blocks of every chunk whose window holds one of its
+keys: a key of the To overlap frames is seen by two chunks, and its dk, dv sum both).
 """
 
 from __future__ import annotations
@@ -24,133 +26,128 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from rehyat_jax.attention.window.kernel_common import (LOG2_E, MASK_VALUE, BackwardTiles,
-                                                       WindowKernelConfig, kernel_precision, pad_flat,
-                                                       round_up)
+from rehyat_jax.attention.window.band import WindowBand
+from rehyat_jax.attention.window.kernel_common import (LOG2_E, MASK_VALUE, BackwardTiles, WindowKernelConfig,
+                                                       band_rows, kernel_precision, load_rows, store_rows)
 
 
-def _weights(q, k, row_max, key_index, key_lo, key_hi, scale, precision):
-  """p = exp(s - c) of a [block_q, block_k] tile, 0 at keys outside [key_lo, key_hi)."""
-  scores = pltriton.dot(q, k, trans_b=True, precision=precision) * scale
-  valid = (key_index >= key_lo) & (key_index < key_hi)
-  scores = jnp.where(valid[None, :], scores, MASK_VALUE)
-  return jnp.exp2(scores - row_max[:, None])
-
-
-def _dq_kernel(q_ref, k_ref, v_ref, da_ref, dn_ref, row_max_ref, bounds_ref, dq_ref, *,
-               tiles: BackwardTiles, precision):
-  """One (query block, batch x chunk, head) program: dq over the keys of the window."""
-  block_k = tiles.block_k
-  key_lo, key_hi = bounds_ref[0], bounds_ref[1]
-  q, da, dn, row_max = q_ref[...], da_ref[...], dn_ref[...], row_max_ref[...]
+def _dq_kernel(floor_ref, q_ref, k_ref, v_ref, da_ref, dn_ref, row_max_ref, dq_ref, *, band: WindowBand,
+               num_queries: int, num_keys: int, tiles: BackwardTiles, precision):
+  """One (query block, batch, head) program: dq over the rows' keys."""
+  block_q, block_k = tiles.block_q, tiles.block_k
+  first_row = pl.program_id(0) * block_q
+  key_lo, key_hi, first, last = band_rows(first_row, block_q, band, floor_ref[0], num_queries,
+                                          num_keys, block_k)
+  row_ok = first_row + jnp.arange(block_q) < num_queries
+  q = load_rows(q_ref, first_row, block_q, row_ok)
+  da = load_rows(da_ref, first_row, block_q, row_ok)
+  dn = load_rows(dn_ref, first_row, block_q, row_ok)
+  row_max = load_rows(row_max_ref, first_row, block_q, row_ok)
   scale2 = LOG2_E / math.sqrt(q.shape[-1])
 
   def body(block, dq):
-    keys = pl.ds(block * block_k, block_k)
-    k, v = k_ref[keys, :], v_ref[keys, :]
-    weights = _weights(q, k, row_max, block * block_k + jnp.arange(block_k), key_lo, key_hi,
-                       scale2, precision)
-    dp = pltriton.dot(da.astype(v.dtype), v, trans_b=True, precision=precision) + dn[:, None]
-    ds = weights * dp
-    return dq + pltriton.dot(ds.astype(k.dtype), k, precision=precision)
+    keys = block * block_k + jnp.arange(block_k)
+    key_ok = keys < num_keys
+    k = load_rows(k_ref, block * block_k, block_k, key_ok)
+    v = load_rows(v_ref, block * block_k, block_k, key_ok)
+    scores = pltriton.dot(q, k, trans_b=True, precision=precision) * scale2
+    valid = (keys[None, :] >= key_lo[:, None]) & (keys[None, :] < key_hi[:, None])
+    weights = jnp.exp2(jnp.where(valid, scores, MASK_VALUE) - row_max[:, None])
+    dp = pltriton.dot(da, v, trans_b=True, precision=precision) + dn[:, None]
+    return dq + pltriton.dot((weights * dp).astype(k.dtype), k, precision=precision)
 
-  first, last = key_lo // block_k, (key_hi + block_k - 1) // block_k
   dq = jax.lax.fori_loop(first, last, body, jnp.zeros(q.shape, jnp.float32))
-  dq_ref[...] = (dq * (1.0 / math.sqrt(q.shape[-1]))).astype(dq_ref.dtype)
+  store_rows(dq_ref, first_row, (dq * (1.0 / math.sqrt(q.shape[-1]))).astype(dq_ref.dtype), row_ok)
 
 
-def _dkv_kernel(q_ref, k_ref, v_ref, da_ref, dn_ref, row_max_ref, bounds_ref, dk_ref, dv_ref, *,
-                tiles: BackwardTiles, precision, query_blocks: int):
-  """One (key block, batch x chunk, head) program: dk, dv over the chunk's queries.
+def _dkv_kernel(floor_ref, q_ref, k_ref, v_ref, da_ref, dn_ref, row_max_ref, dk_ref, dv_ref, *,
+                band: WindowBand, num_queries: int, num_keys: int, tiles: BackwardTiles, precision):
+  """One (key block, batch, head) program: dk, dv over the queries whose windows hold its keys.
 
   Works on transposed tiles ([block_k, block_q]: s^T = k q^T), so that dv += p^T da and
   dk += ds^T q are plain products: no register-tile transposes (``trans_a``), which cost this
   kernel most of its time on an H200.
   """
   block_q, block_k = tiles.block_q, tiles.block_k
-  key_lo, key_hi = bounds_ref[0], bounds_ref[1]
-  k, v = k_ref[...], v_ref[...]
-  key_index = pl.program_id(0) * block_k + jnp.arange(block_k)
-  key_valid = (key_index >= key_lo) & (key_index < key_hi)
+  key_floor = floor_ref[0]
+  first_key = pl.program_id(0) * block_k
+  keys = first_key + jnp.arange(block_k)
+  key_ok = keys < num_keys
+  k = load_rows(k_ref, first_key, block_k, key_ok)
+  v = load_rows(v_ref, first_key, block_k, key_ok)
+  # Chunk t's window holds key j iff window_start(t) <= j < window_start(t) + window_tokens.
+  chunk_tokens = band.chunk_tokens
+  shift = band.key_shift_frames * band.tokens_per_frame
+  lead = band.overlap_frames * band.tokens_per_frame - shift
+  last_key = jnp.minimum(first_key + block_k, num_keys) - 1
+  chunk_lo = jnp.maximum(first_key - shift, 0) // chunk_tokens
+  chunk_hi = (last_key + lead) // chunk_tokens + 1
+  row_hi = jnp.minimum(chunk_hi * chunk_tokens, num_queries)
   scale2 = LOG2_E / math.sqrt(k.shape[-1])
 
   def body(block, carry):
     dk, dv = carry
-    rows = pl.ds(block * block_q, block_q)
-    q, da = q_ref[rows, :], da_ref[rows, :]
-    dn, row_max = dn_ref[rows], row_max_ref[rows]
+    rows = block * block_q + jnp.arange(block_q)
+    row_ok = rows < num_queries
+    lo, hi = band.key_range(rows // chunk_tokens, key_floor, num_keys)
+    q = load_rows(q_ref, block * block_q, block_q, row_ok)
+    da = load_rows(da_ref, block * block_q, block_q, row_ok)
+    dn = load_rows(dn_ref, block * block_q, block_q, row_ok)
+    row_max = load_rows(row_max_ref, block * block_q, block_q, row_ok)
     scores_t = pltriton.dot(k, q, trans_b=True, precision=precision) * scale2
-    scores_t = jnp.where(key_valid[:, None], scores_t, MASK_VALUE)
-    weights_t = jnp.exp2(scores_t - row_max[None, :])
+    valid_t = (keys[:, None] >= lo[None, :]) & (keys[:, None] < hi[None, :]) & row_ok[None, :]
+    weights_t = jnp.exp2(jnp.where(valid_t, scores_t, MASK_VALUE) - row_max[None, :])
     dv = dv + pltriton.dot(weights_t.astype(v.dtype), da, precision=precision)
     dp_t = pltriton.dot(v, da, trans_b=True, precision=precision) + dn[None, :]
-    ds_t = weights_t * dp_t
-    dk = dk + pltriton.dot(ds_t.astype(q.dtype), q, precision=precision)
+    dk = dk + pltriton.dot((weights_t * dp_t).astype(q.dtype), q, precision=precision)
     return dk, dv
 
   zeros = jnp.zeros(k.shape, jnp.float32)
-  dk, dv = jax.lax.fori_loop(0, query_blocks, body, (zeros, zeros))
-  dk_ref[...] = (dk * (1.0 / math.sqrt(k.shape[-1]))).astype(dk_ref.dtype)
-  dv_ref[...] = dv.astype(dv_ref.dtype)
+  first_block = chunk_lo * chunk_tokens // block_q
+  last_block = (row_hi + block_q - 1) // block_q
+  dk, dv = jax.lax.fori_loop(first_block, last_block, body, (zeros, zeros))
+  store_rows(dk_ref, first_key, (dk * (1.0 / math.sqrt(k.shape[-1]))).astype(dk_ref.dtype), key_ok)
+  store_rows(dv_ref, first_key, dv.astype(dv_ref.dtype), key_ok)
 
 
-def fused_qkv_cotangents(q_chunks, k_windows, v_windows, key_bounds, row_max, da, dn,
+def fused_qkv_cotangents(q, k, v, key_floor, row_max, da, dn, band: WindowBand,
                          config: WindowKernelConfig, interpret: bool):
   """dq, dk, dv from the row-wise cotangents, recomputing the scores tile by tile.
 
   da enters the tile matmuls in q's dtype (it is rounded to it inside the kernels either way),
   so it is cast once here: half the bytes the dk/dv kernel streams per query tile for bf16.
   """
-  b, c, tq, h, d = q_chunks.shape
-  tk = k_windows.shape[2]
-  dq_tiles, dkv_tiles = config.dq.for_dtype(q_chunks.dtype), config.dkv.for_dtype(q_chunks.dtype)
-  # One padding serves both kernels: tiles are powers of two, so the larger is a multiple.
-  tq_pad = round_up(tq, max(dq_tiles.block_q, dkv_tiles.block_q))
-  tk_pad = round_up(tk, max(dq_tiles.block_k, dkv_tiles.block_k))
-  precision = kernel_precision(q_chunks.dtype)
-  bounds = jnp.asarray(key_bounds, jnp.int32)
-  q_flat, da_flat = pad_flat(q_chunks, tq_pad), pad_flat(da.astype(q_chunks.dtype), tq_pad)
-  dn_flat, max_flat = pad_flat(dn, tq_pad), pad_flat(row_max, tq_pad)
-  k_flat, v_flat = pad_flat(k_windows, tk_pad), pad_flat(v_windows, tk_pad)
-  operands = (q_flat, k_flat, v_flat, da_flat, dn_flat, max_flat, bounds)
-
+  b, tq, h, d = q.shape
+  tk = k.shape[1]
+  dq_tiles, dkv_tiles = config.dq.for_dtype(q.dtype), config.dkv.for_dtype(q.dtype)
+  precision = kernel_precision(q.dtype)
+  operands = (key_floor.reshape(1), q, k, v, da.astype(q.dtype), dn, row_max)
   whole = lambda length: pl.BlockSpec((None, length, None, d), lambda i, j, n: (j, 0, n, 0))
-  whole_rows = pl.BlockSpec((None, tq_pad, None), lambda i, j, n: (j, 0, n))
-  bounds_block = pl.BlockSpec((None, 2), lambda i, j, n: (j % c, 0))
+  whole_rows = pl.BlockSpec((None, tq, None), lambda i, j, n: (j, 0, n))
+  scalar = pl.BlockSpec((1,), lambda i, j, n: (0,))
+  in_specs = [scalar, whole(tq), whole(tk), whole(tk), whole(tq), whole_rows, whole_rows]
   params = lambda tiles: pltriton.CompilerParams(num_warps=tiles.num_warps, num_stages=tiles.num_stages)
+  static = dict(band=band, num_queries=tq, num_keys=tk, precision=precision)
 
-  q_tile = pl.BlockSpec((None, dq_tiles.block_q, None, d), lambda i, j, n: (j, i, n, 0))
-  row_tile = pl.BlockSpec((None, dq_tiles.block_q, None), lambda i, j, n: (j, i, n))
   dq = pl.pallas_call(
-      functools.partial(_dq_kernel, tiles=dq_tiles, precision=precision),
-      grid=(tq_pad // dq_tiles.block_q, b * c, h),
-      in_specs=[q_tile, whole(tk_pad), whole(tk_pad), q_tile, row_tile, row_tile, bounds_block],
-      out_specs=q_tile,
-      out_shape=jax.ShapeDtypeStruct(q_flat.shape, q_chunks.dtype),
+      functools.partial(_dq_kernel, tiles=dq_tiles, **static),
+      grid=(pl.cdiv(tq, dq_tiles.block_q), b, h), in_specs=in_specs, out_specs=whole(tq),
+      out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
       compiler_params=params(dq_tiles), interpret=interpret, name="rehyat_window_dq",
   )(*operands)
-
-  k_tile = pl.BlockSpec((None, dkv_tiles.block_k, None, d), lambda i, j, n: (j, i, n, 0))
   dk, dv = pl.pallas_call(
-      functools.partial(_dkv_kernel, tiles=dkv_tiles, precision=precision,
-                        query_blocks=tq_pad // dkv_tiles.block_q),
-      grid=(tk_pad // dkv_tiles.block_k, b * c, h),
-      in_specs=[whole(tq_pad), k_tile, k_tile, whole(tq_pad), whole_rows, whole_rows,
-                bounds_block],
-      out_specs=[k_tile, k_tile],
-      out_shape=[jax.ShapeDtypeStruct(k_flat.shape, k_windows.dtype),
-                 jax.ShapeDtypeStruct(v_flat.shape, v_windows.dtype)],
+      functools.partial(_dkv_kernel, tiles=dkv_tiles, **static),
+      grid=(pl.cdiv(tk, dkv_tiles.block_k), b, h), in_specs=in_specs, out_specs=[whole(tk), whole(tk)],
+      out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
       compiler_params=params(dkv_tiles), interpret=interpret, name="rehyat_window_dkv",
   )(*operands)
-
-  unflat = lambda x, length: x[:, :length].reshape(b, c, length, *x.shape[2:])
-  return unflat(dq, tq), unflat(dk, tk), unflat(dv, tk)
+  return dq, dk, dv
 
 
-def pallas_qkv_cotangents(res, cotangent, da, dn, *, config: WindowKernelConfig, interpret: bool,
-                          window_chunks_per_step: int | None):
+def pallas_qkv_cotangents(res, cotangent, da, dn, *, band: WindowBand, config: WindowKernelConfig,
+                          interpret: bool, window_chunks_per_step: int | None):
   """Backward "pallas" of window backend "pallas" (the ``WindowBackward.fn`` protocol of
   ``fused.py``): ``fused_qkv_cotangents`` from the forward's residuals."""
   del cotangent, window_chunks_per_step  # the kernels need only da, dn and the saved row max
-  return fused_qkv_cotangents(res.q_chunks, res.k_windows, res.v_windows, res.key_bounds,
-                              res.row_max, da, dn, config, interpret)
+  return fused_qkv_cotangents(res.q, res.k, res.v, res.key_floor, res.row_max, da, dn, band,
+                              config, interpret)

@@ -1,7 +1,6 @@
 """Window backend "pallas": the fused window forward as a Pallas Triton kernel (GPU).
 
-For every query of every chunk it computes the whole of docs/method.md §2 that involves the
-softmax window,
+For every query it computes the whole of docs/method.md §2 that involves the softmax window,
 
     y = (a_S + lin_num) / guard(n_S + lin_den),
 
@@ -17,11 +16,11 @@ Backward (the shared ``jax.custom_vjp`` of ``fused.py``): "pallas" (default: the
 dk/dv kernels of ``triton_backward.py``) or "xla" (``jax.vjp`` of the XLA window for dq, dk, dv;
 scores materialised).
 
-Layout: q_chunks [B, C, Tq, H, D], k/v_windows [B, C, Tk, H, D] (the overlap frames then the
-chunk: ``parallel.chunk_windows``, or the recurrent step's [cache ; chunk] buffer), and int32
-key bounds [C, 2]: window slots [lo_c, hi_c) hold keys of S_t. Inside the kernel the token axes
-are padded to the block sizes; slots outside the bounds and block padding are masked, and key
-blocks wholly outside them are skipped.
+Layout: the band layout of ``band.py``, read in place: q [B, Tq, H, D], k, v [B, Tk, H, D] as
+the forms hold them (no window copies, no padding copies). One program per (query block of
+``block_q`` consecutive tokens, batch, head); its rows may straddle a chunk boundary, so each row
+carries its own key range (``band_rows``) and the loop visits the key blocks of the union of the
+rows' ranges. Rows and keys past the ends are masked loads and stores.
 """
 
 from __future__ import annotations
@@ -35,80 +34,80 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
 from rehyat_jax.attention.numerics import DENOMINATOR_FLOOR
+from rehyat_jax.attention.window.band import WindowBand
 from rehyat_jax.attention.window.fused import xla_qkv_cotangents
 from rehyat_jax.attention.window.kernel_common import (LOG2_E, MASK_VALUE, WindowKernelConfig,
-                                                       kernel_precision, pad_flat, round_up)
+                                                       band_rows, kernel_precision, load_rows,
+                                                       store_rows)
 from rehyat_jax.attention.window.registry import WindowBackend, WindowBackward, register_window_backend
 from rehyat_jax.attention.window.triton_backward import pallas_qkv_cotangents
 
 
-def _window_kernel(q_ref, k_ref, v_ref, lin_num_ref, lin_den_ref, bounds_ref, out_ref,
-                   row_max_ref, row_sum_ref, *, config: WindowKernelConfig,
-                   precision: jax.lax.Precision):
-  """One (query block, batch x chunk, head) program: flash loop over the keys of S_t, then §2."""
+def _window_kernel(floor_ref, q_ref, k_ref, v_ref, lin_num_ref, lin_den_ref, out_ref, row_max_ref,
+                   row_sum_ref, *, band: WindowBand, num_queries: int, num_keys: int,
+                   config: WindowKernelConfig, precision: jax.lax.Precision):
+  """One (query block, batch, head) program: flash loop over the block's keys, then §2."""
   block_q, block_k = config.block_q, config.block_k
-  key_lo, key_hi = bounds_ref[0], bounds_ref[1]  # the valid window slots are [key_lo, key_hi)
+  first_row = pl.program_id(0) * block_q
+  key_lo, key_hi, first, last = band_rows(first_row, block_q, band, floor_ref[0], num_queries,
+                                          num_keys, block_k)
+  row_ok = first_row + jnp.arange(block_q) < num_queries
 
-  q = q_ref[...]
+  q = load_rows(q_ref, first_row, block_q, row_ok)
   scale = LOG2_E / math.sqrt(q.shape[-1])  # scores in log2 units: exp2(s2 - m2) = exp(s - c)
 
   def body(block, carry):
     acc, row_max, row_sum = carry
-    keys = pl.ds(block * block_k, block_k)
-    k = k_ref[keys, :]
+    keys = block * block_k + jnp.arange(block_k)
+    key_ok = keys < num_keys
+    k = load_rows(k_ref, block * block_k, block_k, key_ok)
     scores = pltriton.dot(q, k, trans_b=True, precision=precision) * scale
-    index = block * block_k + jnp.arange(block_k)
-    valid = (index >= key_lo) & (index < key_hi)
-    scores = jnp.where(valid[None, :], scores, MASK_VALUE)
+    valid = (keys[None, :] >= key_lo[:, None]) & (keys[None, :] < key_hi[:, None])
+    scores = jnp.where(valid, scores, MASK_VALUE)
     new_max = jnp.maximum(row_max, jnp.max(scores, axis=1))
+    # A row whose first visited block is all outside its range has row_max = MASK_VALUE there and
+    # sums junk with weight 1; its first real key makes rescale exactly 0, which discards it.
     rescale = jnp.exp2(row_max - new_max)
     weights = jnp.exp2(scores - new_max[:, None])
-    v = v_ref[keys, :]
+    v = load_rows(v_ref, block * block_k, block_k, key_ok)
     acc = acc * rescale[:, None] + pltriton.dot(weights.astype(v.dtype), v, precision=precision)
     return acc, new_max, row_sum * rescale + jnp.sum(weights, axis=1)
 
-  first = key_lo // block_k
-  last = (key_hi + block_k - 1) // block_k
   init = (jnp.zeros((block_q, q.shape[-1]), jnp.float32),
           jnp.full((block_q,), MASK_VALUE, jnp.float32), jnp.zeros((block_q,), jnp.float32))
   a_s, row_max, n_s = jax.lax.fori_loop(first, last, body, init)
   # joint_normalise's guard, inlined (numerics.guarded_denominator).
-  den = jnp.maximum(n_s + lin_den_ref[...], DENOMINATOR_FLOOR * n_s)
-  out_ref[...] = ((a_s + lin_num_ref[...]) / den[:, None]).astype(out_ref.dtype)
+  lin_den = load_rows(lin_den_ref, first_row, block_q, row_ok)
+  den = jnp.maximum(n_s + lin_den, DENOMINATOR_FLOOR * n_s)
+  lin_num = load_rows(lin_num_ref, first_row, block_q, row_ok)
+  store_rows(out_ref, first_row, ((a_s + lin_num) / den[:, None]).astype(out_ref.dtype), row_ok)
   # Residuals of the fused backward pass: c in log2 units and n_S.
-  row_max_ref[...] = row_max
-  row_sum_ref[...] = n_s
+  store_rows(row_max_ref, first_row, row_max, row_ok)
+  store_rows(row_sum_ref, first_row, n_s, row_ok)
 
 
-def triton_window_forward(q_chunks, k_windows, v_windows, lin_num, lin_den, key_bounds,
+def triton_window_forward(q, k, v, lin_num, lin_den, key_floor, band: WindowBand,
                           config: WindowKernelConfig, interpret: bool):
-  """Output [B, C, Tq, H, D] and the residuals row max (log2 units) and n_S, [B, C, Tq, H]."""
-  b, c, tq, h, d = q_chunks.shape
-  tk = k_windows.shape[2]
-  tq_pad, tk_pad = round_up(tq, config.block_q), round_up(tk, config.block_k)
-
-  kernel = functools.partial(_window_kernel, config=config,
-                             precision=kernel_precision(q_chunks.dtype))
-  q_block = pl.BlockSpec((None, config.block_q, None, d), lambda i, j, n: (j, i, n, 0))
-  kv_block = pl.BlockSpec((None, tk_pad, None, d), lambda i, j, n: (j, 0, n, 0))
-  den_block = pl.BlockSpec((None, config.block_q, None), lambda i, j, n: (j, i, n))
-  bounds_block = pl.BlockSpec((None, 2), lambda i, j, n: (j % c, 0))
-  stats = jax.ShapeDtypeStruct((b * c, tq_pad, h), jnp.float32)
-  out, row_max, row_sum = pl.pallas_call(
+  """Output [B, Tq, H, D] and the residuals row max (log2 units) and n_S, [B, Tq, H]."""
+  b, tq, h, d = q.shape
+  tk = k.shape[1]
+  kernel = functools.partial(_window_kernel, band=band, num_queries=tq, num_keys=tk, config=config,
+                             precision=kernel_precision(q.dtype))
+  whole = lambda length: pl.BlockSpec((None, length, None, d), lambda i, j, n: (j, 0, n, 0))
+  whole_rows = pl.BlockSpec((None, tq, None), lambda i, j, n: (j, 0, n))
+  scalar = pl.BlockSpec((1,), lambda i, j, n: (0,))
+  stats = jax.ShapeDtypeStruct((b, tq, h), jnp.float32)
+  return pl.pallas_call(
       kernel,
-      grid=(tq_pad // config.block_q, b * c, h),
-      in_specs=[q_block, kv_block, kv_block, q_block, den_block, bounds_block],
-      out_specs=[q_block, den_block, den_block],
-      out_shape=[jax.ShapeDtypeStruct((b * c, tq_pad, h, d), q_chunks.dtype), stats, stats],
+      grid=(pl.cdiv(tq, config.block_q), b, h),
+      in_specs=[scalar, whole(tq), whole(tk), whole(tk), whole(tq), whole_rows],
+      out_specs=[whole(tq), whole_rows, whole_rows],
+      out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype), stats, stats],
       compiler_params=pltriton.CompilerParams(num_warps=config.num_warps,
                                               num_stages=config.num_stages),
       interpret=interpret,
       name="rehyat_window_attention",
-  )(pad_flat(q_chunks, tq_pad), pad_flat(k_windows, tk_pad), pad_flat(v_windows, tk_pad),
-    pad_flat(lin_num.astype(jnp.float32), tq_pad), pad_flat(lin_den.astype(jnp.float32), tq_pad),
-    jnp.asarray(key_bounds, jnp.int32))
-  unflat = lambda x: x[:, :tq].reshape(b, c, tq, *x.shape[2:])
-  return unflat(out), unflat(row_max), unflat(row_sum)
+  )(key_floor.reshape(1), q, k, v, lin_num.astype(jnp.float32), lin_den.astype(jnp.float32))
 
 
 register_window_backend(WindowBackend(

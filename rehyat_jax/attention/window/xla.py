@@ -1,6 +1,7 @@
 """Window backend "xla": the softmax window in plain XLA, scores materialised.
 
-Per chunk, scores [B, C, H, Tq, Tk] are formed, masked outside the key bounds, and reduced to
+The band's per-chunk windows are built (``band.band_windows``: one concatenation of k and of v);
+per chunk, scores [B, C, H, Tc*HW, (To+Tc)*HW] are formed, masked outside the band, and reduced to
 a_S, n_S with c = the exact row max (docs/method.md §2), then ``joint_normalise``. JAX
 differentiates it; it is also the "xla" backward of the kernel backends (``fused.py``).
 ``window_chunks_per_step`` bounds score memory to one group of chunks, forward and backward.
@@ -14,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from rehyat_jax.attention.numerics import joint_normalise, matmul_precision
+from rehyat_jax.attention.window.band import WindowBand, band_windows, from_chunks, to_chunks
 from rehyat_jax.attention.window.registry import WindowBackend, WindowBackward, register_window_backend
 
 
@@ -61,22 +63,25 @@ def key_valid_from_bounds(key_bounds: jax.Array, window_tokens: int) -> jax.Arra
   return (slot >= key_bounds[:, :1]) & (slot < key_bounds[:, 1:])
 
 
-def xla_window_attention(q_chunks: jax.Array, k_windows: jax.Array, v_windows: jax.Array,
-                         lin_num: jax.Array, lin_den: jax.Array, key_bounds: jax.Array,
+def xla_window_attention(q: jax.Array, k: jax.Array, v: jax.Array, lin_num: jax.Array,
+                         lin_den: jax.Array, key_floor: jax.Array, band: WindowBand,
                          window_chunks_per_step: int | None = None) -> jax.Array:
-  """``window_attention`` with the XLA backend, in q's dtype.
+  """``window_attention`` with the XLA backend, [B, Tq, H, D] in q's dtype.
 
   ``window_chunks_per_step``: None materialises every chunk's scores at once (and keeps them for
   the backward pass); n runs ``lax.map`` over groups of n chunks and recomputes them group by
   group in the backward pass (``jax.checkpoint``), so score memory is one group's.
   """
-  key_valid = key_valid_from_bounds(jnp.asarray(key_bounds), k_windows.shape[2])
+  q_chunks, k_windows, v_windows, key_bounds = band_windows(q, k, v, band, key_floor)
+  key_valid = key_valid_from_bounds(key_bounds, k_windows.shape[2])
   if window_chunks_per_step is None:
     a_s, n_s = window_softmax(q_chunks, k_windows, v_windows, key_valid)
   else:
     a_s, n_s = _mapped_window_softmax(q_chunks, k_windows, v_windows, key_valid,
                                       window_chunks_per_step)
-  return joint_normalise(a_s, n_s, lin_num, lin_den).astype(q_chunks.dtype)
+  chunks = lambda x: to_chunks(x, band.chunk_tokens)
+  out = joint_normalise(a_s, n_s, chunks(lin_num), chunks(lin_den))
+  return from_chunks(out, q.shape[1]).astype(q.dtype)
 
 
 register_window_backend(WindowBackend(

@@ -24,7 +24,8 @@ from flax import nnx
 
 from rehyat_jax.attention.geometry import make_geometry
 from rehyat_jax.attention.numerics import DENOMINATOR_FLOOR, clamp_features
-from rehyat_jax.attention.parallel import linear_terms, window_operands
+from rehyat_jax.attention.parallel import geometry_band, linear_terms
+from rehyat_jax.attention.window.band import band_windows
 from rehyat_jax.attention.window.xla import key_valid_from_bounds, window_softmax
 from rehyat_jax.convert.student import export_student
 from rehyat_jax.core.adapters import AdapterParam
@@ -82,8 +83,8 @@ def guard_and_baseline(q, k, v, phi_q, phi_k, teacher32, *, tokens_per_frame: in
   geometry = make_geometry(q.shape[1], tokens_per_frame=tokens_per_frame, chunk_frames=chunk_frames,
                            overlap_frames=overlap_frames)
   phi_q, phi_k = clamp_features(phi_q), clamp_features(phi_k)
-  q_chunks, k_windows, v_windows = window_operands(q, k, v, geometry)
-  key_valid = key_valid_from_bounds(jnp.asarray(geometry.window_key_bounds()), k_windows.shape[2])
+  q_chunks, k_windows, v_windows, key_bounds = band_windows(q, k, v, geometry_band(geometry), 0)
+  key_valid = key_valid_from_bounds(key_bounds, k_windows.shape[2])
 
   def one_chunk(args):
     q_c, k_c, v_c, valid_c = args
