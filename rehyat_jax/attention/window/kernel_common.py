@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -97,19 +98,48 @@ def pad_flat(x: jax.Array, length: int) -> jax.Array:
 def band_rows(first_row, block_rows: int, band, key_floor, num_queries: int, num_keys: int,
               block_k: int):
   """Inside a Triton kernel, for the query rows [first_row, first_row + block_rows): each row's key
-  range [lo, hi) (``WindowBand.key_range`` of its chunk; vectors) and the key blocks [first,
-  last) of ``block_k`` keys that cover the union of those ranges (scalars)."""
+  range [lo, hi) (``WindowBand.key_range`` of its chunk; vectors) and ``KeyBlocks``: the key blocks
+  of ``block_k`` keys that cover the union of those ranges, and among them the ones inside every
+  row's range (no mask needed there). Ranges grow with the row, so the first row has the smallest
+  hi and the last the largest lo."""
   rows = first_row + jnp.arange(block_rows)
   lo, hi = band.key_range(rows // band.chunk_tokens, key_floor, num_keys)
   last_row = jnp.minimum(first_row + block_rows, num_queries) - 1
-  block_lo = band.key_range(first_row // band.chunk_tokens, key_floor, num_keys)[0]
-  block_hi = band.key_range(last_row // band.chunk_tokens, key_floor, num_keys)[1]
-  return lo, hi, block_lo // block_k, (block_hi + block_k - 1) // block_k
+  first_lo, first_hi = band.key_range(first_row // band.chunk_tokens, key_floor, num_keys)
+  last_lo, last_hi = band.key_range(last_row // band.chunk_tokens, key_floor, num_keys)
+  return lo, hi, LoopBlocks.of(first_lo // block_k, (last_hi + block_k - 1) // block_k,
+                               (last_lo + block_k - 1) // block_k, first_hi // block_k)
 
 
-def load_rows(ref, start, size: int, row_mask):
+class LoopBlocks(NamedTuple):
+  """Blocks [first, last) a kernel loops over; [inner_first, inner_last) is the part where every
+  element is valid, [first, inner_first) and [inner_last, last) need the element mask."""
+
+  first: jax.Array
+  inner_first: jax.Array
+  inner_last: jax.Array
+  last: jax.Array
+
+  @classmethod
+  def of(cls, first, last, inner_first, inner_last) -> "LoopBlocks":
+    inner_first = jnp.clip(inner_first, first, last)
+    return cls(first, inner_first, jnp.clip(inner_last, inner_first, last), last)
+
+  def loop(self, body, init):
+    """``body(block, carry, masked)`` over every block: masked edges, unmasked interior."""
+    carry = jax.lax.fori_loop(self.first, self.inner_first, lambda i, c: body(i, c, True), init)
+    carry = jax.lax.fori_loop(self.inner_first, self.inner_last, lambda i, c: body(i, c, False), carry)
+    return jax.lax.fori_loop(self.inner_last, self.last, lambda i, c: body(i, c, True), carry)
+
+
+def load_rows(ref, start, size: int, row_mask=None):
   """Rows [start, start + size) of a [T, ...] ref inside a Triton kernel, zeros where
-  ``row_mask`` [size] is False (past the ends: a masked load reads nothing there)."""
+  ``row_mask`` [size] is False (past the ends: a masked load reads nothing there); None: all
+  rows are inside the ref, a plain load."""
+  if row_mask is None and ref.shape[0] >= size:
+    return ref[pl.ds(start, size)]
+  if row_mask is None:  # a ref shorter than one block (tiny test shapes): never read past its end
+    row_mask = start + jnp.arange(size) < ref.shape[0]
   mask = row_mask.reshape(row_mask.shape + (1,) * (len(ref.shape) - 1))
   return pltriton.load(ref.at[pl.ds(start, size)], mask=mask, other=0)
 

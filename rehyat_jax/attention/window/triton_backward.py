@@ -13,7 +13,8 @@ stop-gradient constant, as in every form):
 Two kernels recompute the scores tile by tile, in the band layout of the forward (``band.py``,
 operands read in place): one per query block for dq (loop over the rows' key blocks), one per
 key block for dk and dv (loop over the query blocks of every chunk whose window holds one of its
-keys: a key of the To overlap frames is seen by two chunks, and its dk, dv sum both).
+keys: a key of the To overlap frames is seen by two chunks, and its dk, dv sum both). Both mask
+elements only on the edge blocks of their loops (``kernel_common.LoopBlocks``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from jax.experimental.pallas import triton as pltriton
 
 from rehyat_jax.attention.window.band import WindowBand
 from rehyat_jax.attention.window.kernel_common import (LOG2_E, MASK_VALUE, BackwardTiles, WindowKernelConfig,
-                                                       band_rows, kernel_precision, load_rows, store_rows)
+                                                       LoopBlocks, band_rows, kernel_precision, load_rows,
+                                                       store_rows)
 
 
 def _dq_kernel(floor_ref, q_ref, k_ref, v_ref, da_ref, dn_ref, row_max_ref, dq_ref, *, band: WindowBand,
@@ -36,8 +38,8 @@ def _dq_kernel(floor_ref, q_ref, k_ref, v_ref, da_ref, dn_ref, row_max_ref, dq_r
   """One (query block, batch, head) program: dq over the rows' keys."""
   block_q, block_k = tiles.block_q, tiles.block_k
   first_row = pl.program_id(0) * block_q
-  key_lo, key_hi, first, last = band_rows(first_row, block_q, band, floor_ref[0], num_queries,
-                                          num_keys, block_k)
+  key_lo, key_hi, blocks = band_rows(first_row, block_q, band, floor_ref[0], num_queries, num_keys,
+                                     block_k)
   row_ok = first_row + jnp.arange(block_q) < num_queries
   q = load_rows(q_ref, first_row, block_q, row_ok)
   da = load_rows(da_ref, first_row, block_q, row_ok)
@@ -45,18 +47,20 @@ def _dq_kernel(floor_ref, q_ref, k_ref, v_ref, da_ref, dn_ref, row_max_ref, dq_r
   row_max = load_rows(row_max_ref, first_row, block_q, row_ok)
   scale2 = LOG2_E / math.sqrt(q.shape[-1])
 
-  def body(block, dq):
+  def body(block, dq, masked: bool):
     keys = block * block_k + jnp.arange(block_k)
-    key_ok = keys < num_keys
+    key_ok = keys < num_keys if masked else None
     k = load_rows(k_ref, block * block_k, block_k, key_ok)
     v = load_rows(v_ref, block * block_k, block_k, key_ok)
     scores = pltriton.dot(q, k, trans_b=True, precision=precision) * scale2
-    valid = (keys[None, :] >= key_lo[:, None]) & (keys[None, :] < key_hi[:, None])
-    weights = jnp.exp2(jnp.where(valid, scores, MASK_VALUE) - row_max[:, None])
+    if masked:
+      valid = (keys[None, :] >= key_lo[:, None]) & (keys[None, :] < key_hi[:, None])
+      scores = jnp.where(valid, scores, MASK_VALUE)
+    weights = jnp.exp2(scores - row_max[:, None])
     dp = pltriton.dot(da, v, trans_b=True, precision=precision) + dn[:, None]
     return dq + pltriton.dot((weights * dp).astype(k.dtype), k, precision=precision)
 
-  dq = jax.lax.fori_loop(first, last, body, jnp.zeros(q.shape, jnp.float32))
+  dq = blocks.loop(body, jnp.zeros(q.shape, jnp.float32))
   store_rows(dq_ref, first_row, (dq * (1.0 / math.sqrt(q.shape[-1]))).astype(dq_ref.dtype), row_ok)
 
 
@@ -75,37 +79,42 @@ def _dkv_kernel(floor_ref, q_ref, k_ref, v_ref, da_ref, dn_ref, row_max_ref, dk_
   key_ok = keys < num_keys
   k = load_rows(k_ref, first_key, block_k, key_ok)
   v = load_rows(v_ref, first_key, block_k, key_ok)
-  # Chunk t's window holds key j iff window_start(t) <= j < window_start(t) + window_tokens.
+  # Chunk t's window holds key j iff window_start(t) <= j < window_start(t) + window_tokens, i.e.
+  # (j - shift) // Tc*HW <= t <= (j + lead) // Tc*HW; it holds every key of the block (no mask) for
+  # t from the last key's lower bound to the first key's upper bound (none when the floor cuts in).
   chunk_tokens = band.chunk_tokens
   shift = band.key_shift_frames * band.tokens_per_frame
   lead = band.overlap_frames * band.tokens_per_frame - shift
   last_key = jnp.minimum(first_key + block_k, num_keys) - 1
-  chunk_lo = jnp.maximum(first_key - shift, 0) // chunk_tokens
-  chunk_hi = (last_key + lead) // chunk_tokens + 1
-  row_hi = jnp.minimum(chunk_hi * chunk_tokens, num_queries)
+  lowest_chunk = lambda key: jnp.maximum(key - shift, 0) // chunk_tokens
+  rows_hi = jnp.minimum(((last_key + lead) // chunk_tokens + 1) * chunk_tokens, num_queries)
+  inner_hi = jnp.where(key_floor <= first_key, ((first_key + lead) // chunk_tokens + 1) * chunk_tokens, 0)
+  blocks = LoopBlocks.of(lowest_chunk(first_key) * chunk_tokens // block_q, (rows_hi + block_q - 1) // block_q,
+                         (lowest_chunk(last_key) * chunk_tokens + block_q - 1) // block_q,
+                         jnp.minimum(inner_hi, num_queries) // block_q)
   scale2 = LOG2_E / math.sqrt(k.shape[-1])
 
-  def body(block, carry):
+  def body(block, carry, masked: bool):
     dk, dv = carry
     rows = block * block_q + jnp.arange(block_q)
-    row_ok = rows < num_queries
-    lo, hi = band.key_range(rows // chunk_tokens, key_floor, num_keys)
+    row_ok = rows < num_queries if masked else None
     q = load_rows(q_ref, block * block_q, block_q, row_ok)
     da = load_rows(da_ref, block * block_q, block_q, row_ok)
     dn = load_rows(dn_ref, block * block_q, block_q, row_ok)
     row_max = load_rows(row_max_ref, block * block_q, block_q, row_ok)
     scores_t = pltriton.dot(k, q, trans_b=True, precision=precision) * scale2
-    valid_t = (keys[:, None] >= lo[None, :]) & (keys[:, None] < hi[None, :]) & row_ok[None, :]
-    weights_t = jnp.exp2(jnp.where(valid_t, scores_t, MASK_VALUE) - row_max[None, :])
+    if masked:
+      lo, hi = band.key_range(rows // chunk_tokens, key_floor, num_keys)
+      valid_t = (keys[:, None] >= lo[None, :]) & (keys[:, None] < hi[None, :]) & row_ok[None, :]
+      scores_t = jnp.where(valid_t, scores_t, MASK_VALUE)
+    weights_t = jnp.exp2(scores_t - row_max[None, :])
     dv = dv + pltriton.dot(weights_t.astype(v.dtype), da, precision=precision)
     dp_t = pltriton.dot(v, da, trans_b=True, precision=precision) + dn[None, :]
     dk = dk + pltriton.dot((weights_t * dp_t).astype(q.dtype), q, precision=precision)
     return dk, dv
 
   zeros = jnp.zeros(k.shape, jnp.float32)
-  first_block = chunk_lo * chunk_tokens // block_q
-  last_block = (row_hi + block_q - 1) // block_q
-  dk, dv = jax.lax.fori_loop(first_block, last_block, body, (zeros, zeros))
+  dk, dv = blocks.loop(body, (zeros, zeros))
   store_rows(dk_ref, first_key, (dk * (1.0 / math.sqrt(k.shape[-1]))).astype(dk_ref.dtype), key_ok)
   store_rows(dv_ref, first_key, dv.astype(dv_ref.dtype), key_ok)
 

@@ -20,7 +20,8 @@ Layout: the band layout of ``band.py``, read in place: q [B, Tq, H, D], k, v [B,
 the forms hold them (no window copies, no padding copies). One program per (query block of
 ``block_q`` consecutive tokens, batch, head); its rows may straddle a chunk boundary, so each row
 carries its own key range (``band_rows``) and the loop visits the key blocks of the union of the
-rows' ranges. Rows and keys past the ends are masked loads and stores.
+rows' ranges: the element mask and masked loads only at its edges, plain loads and no mask on the
+blocks inside every row's range (most of them). Rows past the end are masked loads and stores.
 """
 
 from __future__ import annotations
@@ -49,21 +50,22 @@ def _window_kernel(floor_ref, q_ref, k_ref, v_ref, lin_num_ref, lin_den_ref, out
   """One (query block, batch, head) program: flash loop over the block's keys, then §2."""
   block_q, block_k = config.block_q, config.block_k
   first_row = pl.program_id(0) * block_q
-  key_lo, key_hi, first, last = band_rows(first_row, block_q, band, floor_ref[0], num_queries,
-                                          num_keys, block_k)
+  key_lo, key_hi, blocks = band_rows(first_row, block_q, band, floor_ref[0], num_queries, num_keys,
+                                     block_k)
   row_ok = first_row + jnp.arange(block_q) < num_queries
 
   q = load_rows(q_ref, first_row, block_q, row_ok)
   scale = LOG2_E / math.sqrt(q.shape[-1])  # scores in log2 units: exp2(s2 - m2) = exp(s - c)
 
-  def body(block, carry):
+  def body(block, carry, masked: bool):
     acc, row_max, row_sum = carry
     keys = block * block_k + jnp.arange(block_k)
-    key_ok = keys < num_keys
+    key_ok = keys < num_keys if masked else None
     k = load_rows(k_ref, block * block_k, block_k, key_ok)
     scores = pltriton.dot(q, k, trans_b=True, precision=precision) * scale
-    valid = (keys[None, :] >= key_lo[:, None]) & (keys[None, :] < key_hi[:, None])
-    scores = jnp.where(valid, scores, MASK_VALUE)
+    if masked:
+      valid = (keys[None, :] >= key_lo[:, None]) & (keys[None, :] < key_hi[:, None])
+      scores = jnp.where(valid, scores, MASK_VALUE)
     new_max = jnp.maximum(row_max, jnp.max(scores, axis=1))
     # A row whose first visited block is all outside its range has row_max = MASK_VALUE there and
     # sums junk with weight 1; its first real key makes rescale exactly 0, which discards it.
@@ -75,7 +77,7 @@ def _window_kernel(floor_ref, q_ref, k_ref, v_ref, lin_num_ref, lin_den_ref, out
 
   init = (jnp.zeros((block_q, q.shape[-1]), jnp.float32),
           jnp.full((block_q,), MASK_VALUE, jnp.float32), jnp.zeros((block_q,), jnp.float32))
-  a_s, row_max, n_s = jax.lax.fori_loop(first, last, body, init)
+  a_s, row_max, n_s = blocks.loop(body, init)
   # joint_normalise's guard, inlined (numerics.guarded_denominator).
   lin_den = load_rows(lin_den_ref, first_row, block_q, row_ok)
   den = jnp.maximum(n_s + lin_den, DENOMINATOR_FLOOR * n_s)
