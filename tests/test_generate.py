@@ -1,6 +1,7 @@
 """``python -m rehyat_jax.generate`` (``rehyat_jax.inference``) on tiny random models: the CLI writes readable
 mp4s, a student export generates from ``--student DIR`` alone, its recurrent forward samples the same latents
-as its parallel one, and bad inputs fail with clear one-line messages before any work.
+as its parallel one, bad inputs fail with clear one-line messages before any work, and ``generate`` encodes
+every prompt first and keeps the text encoder's weights in host memory while it samples, with the same latents.
 
 Every part goes through its real converter: a random diffusers DiT saved in the original layout (weights
 ~0.1, large enough that the attention form visibly changes the video), a transformers umT5
@@ -10,6 +11,7 @@ student is exported with ``export_student`` as stage 1 writes it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -36,9 +38,11 @@ from rehyat_jax.convert.umt5 import convert_umt5_checkpoint
 from rehyat_jax.convert.wan_dit import convert_wan_checkpoint
 from rehyat_jax.convert.wan_vae import convert_wan_vae
 from rehyat_jax.core.adapters import AdapterParam
-from rehyat_jax.inference import cli, video_io
+from rehyat_jax.inference import cli, generation, video_io
 from rehyat_jax.inference.generation import generate
 from rehyat_jax.inference.pipeline import GenerationError, check_prompts, check_video_shape, load_pipeline
+from rehyat_jax.inference.sampler import (host_sharding, make_sampler, make_text_encoder,
+                                         text_encoder_on_device)
 from rehyat_jax.inference.video_io import video_name
 from rehyat_jax.models.umt5 import UMT5Config
 from rehyat_jax.models.wan import RuntimeConfig
@@ -314,6 +318,82 @@ def test_generate_reads_the_student_from_the_dit(checkpoints, tmp_path):
     generate(teacher, "A cat", out_dir=tmp_path / "out", frames=5, height=32, width=32, steps=2,
              forward="recurrent", show_progress=False)
   assert not (tmp_path / "out").exists()
+
+
+def tiny_pipeline(checkpoints):
+  return load_pipeline(*[checkpoints[name] for name in ("dit", "t5", "tokenizer", "vae")], run=FP32)
+
+
+def encoder_arrays(pipeline) -> list[jax.Array]:
+  return jax.tree_util.tree_leaves(nnx.state(pipeline.text_encoder))
+
+
+def memory_kinds(pipeline) -> set[str]:
+  return {array.sharding.memory_kind for array in encoder_arrays(pipeline)}
+
+
+def test_text_encoder_waits_in_host_memory_between_encodings(checkpoints):
+  # The CPU backend has a pinned_host memory apart from its 'device' one, so every move here is real.
+  assert host_sharding().memory_kind == "pinned_host"
+  pipeline = tiny_pipeline(checkpoints)
+  texts = ["A cat", "一只猫在草地上奔跑。"]
+  direct = np.asarray(make_text_encoder(pipeline)(texts))  # where the loader put the weights
+  weights = [np.asarray(a) for a in encoder_arrays(pipeline)]
+  for _ in range(2):  # the first exit copies the weights to the host, the second reuses that copy
+    with text_encoder_on_device(pipeline) as encode:
+      assert memory_kinds(pipeline) == {"device"}
+      on_device = encoder_arrays(pipeline)
+      embedded = np.asarray(encode(texts))
+    np.testing.assert_array_equal(embedded, direct)
+    assert all(a.sharding == host_sharding() for a in encoder_arrays(pipeline))
+    assert all(a.is_deleted() for a in on_device)  # freed, not left to whoever still holds them
+    with pytest.raises(RuntimeError, match="back in host memory"):
+      encode(texts)
+  for kept, original in zip(encoder_arrays(pipeline), weights, strict=True):
+    np.testing.assert_array_equal(np.asarray(kept), original)
+
+
+def test_host_memory_falls_back_to_the_cpu_device():
+  class NoPinnedMemory:  # a backend whose device offers only its own memory
+    def addressable_memories(self):
+      return [type("Memory", (), {"kind": "device"})()]
+
+  assert host_sharding(NoPinnedMemory()).device_set == {jax.devices("cpu")[0]}
+
+
+def test_generate_encodes_first_and_offload_keeps_the_latents(checkpoints, tmp_path, monkeypatch):
+  prompts = ["A cat", "A red car"]
+  kwargs = dict(frames=5, height=32, width=32, steps=2, seeds_per_prompt=2, show_progress=False)
+  # The reference: the encoder left on the device all along, as before the offload.
+  monkeypatch.setattr(generation, "text_encoder_on_device",
+                      lambda pipeline: contextlib.nullcontext(make_text_encoder(pipeline)))
+  reference = [r.latents for r in generate(tiny_pipeline(checkpoints), prompts, out_dir=tmp_path / "ref",
+                                           **kwargs)]
+  monkeypatch.undo()
+
+  pipeline, events = tiny_pipeline(checkpoints), []
+
+  @contextlib.contextmanager
+  def logged_text_encoder_on_device(pipeline):
+    with text_encoder_on_device(pipeline) as encode:
+      yield lambda texts: (events.append(("encode", memory_kinds(pipeline))), encode(texts))[1]
+
+  def logged_make_sampler(*args, **kwargs):
+    sampler = make_sampler(*args, **kwargs)
+    return lambda *inputs: (events.append(("sample", memory_kinds(pipeline))), sampler(*inputs))[1]
+
+  monkeypatch.setattr(generation, "text_encoder_on_device", logged_text_encoder_on_device)
+  monkeypatch.setattr(generation, "make_sampler", logged_make_sampler)
+  for run in range(2):  # the second call brings the parked weights back
+    events.clear()
+    latents = [r.latents for r in generate(pipeline, prompts, out_dir=tmp_path / f"run{run}", **kwargs)]
+    # The negative prompt and each distinct prompt once, on the device, all before the first video; the
+    # weights are in host memory from then on.
+    assert events == [("encode", {"device"})] * 3 + [("sample", {"pinned_host"})] * 4
+    assert memory_kinds(pipeline) == {"pinned_host"}
+    assert len(latents) == len(reference) == 4
+    for offloaded, kept in zip(latents, reference):
+      np.testing.assert_array_equal(offloaded, kept)
 
 
 def test_library_validation():
