@@ -35,7 +35,7 @@ def run_case(args) -> dict:
   if args.layers:
     import dataclasses
     cfg = dataclasses.replace(cfg, num_layers=args.layers)
-  run = RuntimeConfig(precision=args.precision, scan_layers=True)
+  run = RuntimeConfig(precision=args.precision, scan_layers=True, feature_map_backend=args.feature_map_backend)
   rehyat = None
   if args.case != "teacher":
     fm = FeatureMapConfig(hidden=8, feature_dim=4) if args.tiny else FeatureMapConfig()
@@ -81,6 +81,7 @@ def main():
   p.add_argument("--overlap", type=int, default=1)
   p.add_argument("--cases", default=",".join(CASES))
   p.add_argument("--reps", type=int, default=3)
+  p.add_argument("--feature-map-backend", default="xla", help="how the students' phi_q, phi_k run: xla | pallas")
   p.add_argument("--tiny", action="store_true", help="CPU smoke run: tiny preset and sizes")
   p.add_argument("--case", help=argparse.SUPPRESS)
   p.add_argument("--frame-count", type=int, help=argparse.SUPPRESS)

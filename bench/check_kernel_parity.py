@@ -8,7 +8,11 @@ every backward it offers, against ``form='reference'`` (float32 inputs upcast fr
 HIGHEST precision), forward and gradients w.r.t. q, k, v, phi_q, phi_k. Exit status 1 if any error is
 over the tolerance (float32 1e-5, bf16 2e-2 forward / 3e-2 gradients, as in the test suite).
 
-  python bench/check_kernel_parity.py
+First, the fused φ kernel (``feature_maps/mlp_power_triton.py``) against the XLA map at Wan2.1-1.3B's
+φ shape in bf16: forward within 2e-2 of max|φ|, gradients of a loss linear in φ within 1e-5 (its
+backward is the XLA map's VJP). ``--phi-only`` stops after it.
+
+  python bench/check_kernel_parity.py [--phi-only]
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rehyat_jax.attention import WINDOW_BACKENDS, hybrid_attention
+from flax import nnx
+
+from rehyat_jax.attention import WINDOW_BACKENDS, FeatureMapConfig, build_feature_map, hybrid_attention
 
 TOLERANCE = {"float32": (1e-5, 1e-5), "bfloat16": (2e-2, 3e-2)}
 # (frames, tokens per frame, heads, head dim, Tc, To, causal)
@@ -54,9 +60,34 @@ def value_and_grads(form: str, window_backend: str, window_backward: str, inputs
     return grad(cast(q), cast(k), cast(v), phi_q, phi_k)
 
 
+def check_phi_kernel() -> bool:
+  """The fused φ kernel vs the XLA map (module docstring); True when within tolerance."""
+  heads, head_dim = 12, 128
+  phi = build_feature_map(FeatureMapConfig(init_scale=0.5), heads, head_dim, rngs=nnx.Rngs(0))
+  graphdef, state = nnx.split(phi)
+  x = jax.random.normal(jax.random.key(0), (1, 4096 + 37, heads, head_dim)).astype(jnp.bfloat16)
+  weights = jax.random.normal(jax.random.key(1), (1, 4096 + 37, heads, phi.output_dim))
+
+  def value_and_grad(backend):
+    def loss(state, x):
+      out = nnx.merge(graphdef, state)(x, backend=backend)
+      return jnp.sum(out.astype(jnp.float32) * weights), out
+    return jax.jit(jax.grad(loss, argnums=(0, 1), has_aux=True))(state, x)
+
+  (grads_xla, out_xla), (grads_kernel, out_kernel) = value_and_grad("xla"), value_and_grad("pallas")
+  fwd = relative_error(out_kernel.astype(jnp.float32), out_xla.astype(jnp.float32))
+  bwd = max(relative_error(np.asarray(g, np.float32), np.asarray(r, np.float32))
+            for g, r in zip(jax.tree.leaves(grads_kernel), jax.tree.leaves(grads_xla)))
+  ok = fwd <= 2e-2 and bwd <= 1e-5
+  print(f"phi kernel, 1.3B shape, bf16: fwd {fwd:.2e}  grads {bwd:.2e}  {'ok' if ok else 'FAIL'}", flush=True)
+  return ok
+
+
 def main() -> int:
   print(f"jax {jax.__version__}, backend {jax.default_backend()}, {jax.devices()[0].device_kind}")
-  failed = False
+  failed = not check_phi_kernel()
+  if "--phi-only" in sys.argv[1:]:
+    return 1 if failed else 0
   for frames, hw, heads, head_dim, tc, to, causal in CASES:
     n = frames * hw
     keys = jax.random.split(jax.random.key(frames * 1000 + hw), 6)

@@ -8,6 +8,8 @@
 #                 teacher and student after, then the student before
 #   PART=speed    attention layer before/after at 21 / 84 frames, then the whole DiT at 21 (teacher, after, before)
 #   PART=profile  a profile of the student's DiT forward at 21 frames, then a small forward tile sweep
+#   PART=phi      the fused phi kernel: its parity, the DiT at 21 / 84 frames with phi in XLA and fused (teacher in
+#                 the same call), and a profile of the fused student
 #   PART=dit      whole-DiT forward at 21 / 84 frames: teacher, student before and after; profiles of the
 #                 student forward before and after and of its training gradient
 set -uo pipefail
@@ -15,7 +17,7 @@ set -uo pipefail
 source bench/device_env.sh
 BASE="env PYTHONPATH=$PWD/scratch/base:/tmp/site"
 quiet() { grep -v "Warning\|warn"; }
-case ${PART:?set PART=kernels, side, speed, profile or dit} in
+case ${PART:?set PART=kernels, side, speed, profile, phi or dit} in
   kernels)
     python3 bench/check_kernel_parity.py 2>&1 | tee "$OUT/parity.log" | quiet | tail -8
     common=(--frames 21 84 --window-backend pallas --window-backward pallas --phi-dtype bfloat16 --reps 10)
@@ -54,6 +56,16 @@ case ${PART:?set PART=kernels, side, speed, profile or dit} in
     python3 bench/tune_window_kernel.py --frames 21 --block-q 64 128 --block-k 64 128 --num-warps 4 8 \
       --num-stages 2 --reps 10 > "$OUT/tune_forward.log" 2>&1
     grep "^|\|^frames" "$OUT/tune_forward.log" | head -8
+    ;;
+  phi)
+    python3 bench/check_kernel_parity.py --phi-only > "$OUT/parity_phi.log" 2>&1; grep "phi kernel" "$OUT/parity_phi.log"
+    python3 bench/bench_dit.py --frames 21,84 --cases teacher,parallel --reps 3 > "$OUT/dit_phi_xla.log" 2>&1
+    grep "^|" "$OUT/dit_phi_xla.log"
+    python3 bench/bench_dit.py --frames 21,84 --cases parallel --reps 3 --feature-map-backend pallas \
+      > "$OUT/dit_phi_pallas.log" 2>&1
+    grep "^|" "$OUT/dit_phi_pallas.log"
+    python3 bench/profile_dit.py --case parallel --frames 21 --feature-map-backend pallas > "$OUT/profile_phi_pallas.log" 2>&1
+    grep "^|" "$OUT/profile_phi_pallas.log" | head -20
     ;;
   dit)
     python3 bench/bench_dit.py --frames 21,84 --cases teacher,parallel --reps 3 2>&1 | tee "$OUT/dit_after.log" | grep "^|"

@@ -37,6 +37,7 @@ def build(args):
   if args.layers:
     cfg = dataclasses.replace(cfg, num_layers=args.layers)
   run = RuntimeConfig(precision=args.precision, scan_layers=True, remat="full" if args.backward else "none",
+                      feature_map_backend=args.feature_map_backend,
                       **({"window_backend": "pallas", "window_backward": args.window_backward}
                          if args.window_backward else {}))
   rehyat = None
@@ -114,6 +115,7 @@ def main() -> None:
   p.add_argument("--precision", default="bf16")
   p.add_argument("--backward", action="store_true", help="profile grad of a loss (remat on)")
   p.add_argument("--window-backward", default=None)
+  p.add_argument("--feature-map-backend", default="xla", help="how the student's phi_q, phi_k run: xla | pallas")
   p.add_argument("--steps", type=int, default=3)
   p.add_argument("--top", type=int, default=25)
   p.add_argument("--tiny", action="store_true", help="CPU smoke run")

@@ -9,7 +9,8 @@ Field reference (all validated in ``rehyat_jax.train.config_checks`` before anyt
                       precision (fp32 | bf16 | bf16_params), scan_layers, remat (none | full | dots |
                       dots_no_batch), softmax_backend, hybrid_form (reference | parallel | recurrent),
                       window_backend (auto | a name of rehyat_jax.attention.WINDOW_BACKENDS),
-                      window_backward (auto | pallas | xla), window_chunks_per_step (None = all chunks at once)
+                      window_backward (auto | pallas | xla), window_chunks_per_step (None = all chunks at once),
+                      feature_map_backend (xla | pallas: the fused phi kernel, experimental)
   rehyat.*            RehyatConfig fields, same names (rehyat_jax/attention/config.py): chunk_frames,
                       overlap_frames (latent frames), causal, phi_input, converted_blocks, and
                       feature_map (kind + that kind's options: rehyat_jax.attention.FEATURE_MAPS)
@@ -52,6 +53,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.window_backend = "auto"
   c.model.window_backward = "auto"
   c.model.window_chunks_per_step = ml_collections.config_dict.placeholder(int)  # None: all chunks at once
+  c.model.feature_map_backend = "xla"
 
   c.rehyat = ml_collections.ConfigDict()
   c.rehyat.chunk_frames = 3

@@ -20,7 +20,8 @@ What lives where:
 Only ``rehyat_jax.core`` is imported from outside this package.
 """
 
-from rehyat_jax.attention.feature_maps import FEATURE_MAPS, FeatureMapConfig, PhiParam, build_feature_map
+from rehyat_jax.attention.feature_maps import (FEATURE_MAP_BACKENDS, FEATURE_MAPS, FeatureMapConfig, PhiParam,
+                                              build_feature_map)
 from rehyat_jax.attention.feature_maps import register_feature_map
 from rehyat_jax.attention.geometry import ChunkGeometry, make_geometry, validate_hybrid_inputs
 from rehyat_jax.attention.hybrid import FORMS, hybrid_attention
@@ -36,6 +37,7 @@ from rehyat_jax.attention.window import (WINDOW_BACKENDS, WindowKernelConfig, ch
                                          check_window_settings, register_window_backend, window_attention)
 
 __all__ = [
+    "FEATURE_MAP_BACKENDS",
     "ChunkGeometry", "DENOMINATOR_FLOOR", "FEATURE_MAPS", "FORMS", "FeatureMapConfig", "PHI_LIMIT",
     "PhiParam", "RecurrentState", "SOFTMAX_BACKENDS", "WINDOW_BACKENDS", "WindowKernelConfig",
     "build_feature_map", "check_window_chunks_per_step", "check_window_settings", "hybrid_attention",

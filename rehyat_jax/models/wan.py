@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rehyat_jax.attention import (FORMS, SOFTMAX_BACKENDS, RecurrentState, build_feature_map,
+from rehyat_jax.attention import (FEATURE_MAP_BACKENDS, FORMS, SOFTMAX_BACKENDS, RecurrentState, build_feature_map,
                                   check_window_chunks_per_step, check_window_settings, hybrid_attention, init_recurrent_state,
                                   recurrent_chunk_step, softmax_attention)
 from rehyat_jax.attention.config import RehyatConfig
@@ -51,6 +51,8 @@ class RuntimeConfig:
   = the running backend's default: the fused kernels on GPU, JAX autodiff of XLA elsewhere);
   ``window_chunks_per_step``: with the XLA window, materialise the window scores this many
   chunks at a time (None: all chunks at once), which bounds per-layer memory at long lengths.
+  ``feature_map_backend``: how phi_q, phi_k run ('xla', or 'pallas': the fused kernel of
+  ``attention/feature_maps/mlp_power_triton.py``, experimental until measured on a GPU).
   """
 
   precision: str = "fp32"
@@ -61,6 +63,7 @@ class RuntimeConfig:
   window_backend: str = "auto"
   window_backward: str = "auto"
   window_chunks_per_step: int | None = None
+  feature_map_backend: str = "xla"
 
   def __post_init__(self):
     PrecisionPolicy.named(self.precision)
@@ -70,6 +73,9 @@ class RuntimeConfig:
       raise ValueError(f"unknown hybrid_form {self.hybrid_form!r}; choose one of {FORMS}")
     check_window_settings(self.window_backend, self.window_backward)
     check_window_chunks_per_step(self.window_chunks_per_step)
+    if self.feature_map_backend not in FEATURE_MAP_BACKENDS:
+      raise ValueError(f"unknown feature_map_backend {self.feature_map_backend!r}; choose one of "
+                       f"{FEATURE_MAP_BACKENDS}")
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"unknown remat policy {self.remat!r}; choose one of {sorted(REMAT_POLICIES)}")
 
@@ -119,6 +125,7 @@ class SelfAttention(nnx.Module):
     self.hybrid_form = run.hybrid_form
     self.window_backend, self.window_backward = run.window_backend, run.window_backward
     self.window_chunks_per_step = run.window_chunks_per_step
+    self.feature_map_backend = run.feature_map_backend
     self.rehyat = rehyat
     mk = functools.partial(dense, rngs=rngs, param_dtype=p.param_dtype, dtype=p.compute_dtype)
     self.q = mk(cfg.dim, cfg.dim, ("embed", "heads"))
@@ -142,6 +149,11 @@ class SelfAttention(nnx.Module):
     phi_inputs = (q, k) if self.rehyat is None or self.rehyat.phi_input == "post_rope" else (q_pre, k_pre)
     return q, k, v, phi_inputs
 
+  def features(self, phi_inputs) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """phi_q and phi_k of ``qkv``'s phi inputs, run by the ``feature_map_backend``."""
+    return (self.phi_q(phi_inputs[0], backend=self.feature_map_backend),
+            self.phi_k(phi_inputs[1], backend=self.feature_map_backend))
+
   def softmax(self, q, k, v) -> jnp.ndarray:
     """The teacher's full softmax attention, [B, N, H, D]."""
     return softmax_attention(q, k, v, backend=self.softmax_backend)
@@ -152,7 +164,7 @@ class SelfAttention(nnx.Module):
     The parallel form runs sequence-parallel when the context mesh (``jax.set_mesh``) has a
     "sequence" axis of size > 1 (``attention.sequence_parallel_hybrid_attention``)."""
     r = self.rehyat
-    return hybrid_attention(q, k, v, self.phi_q(phi_inputs[0]), self.phi_k(phi_inputs[1]),
+    return hybrid_attention(q, k, v, *self.features(phi_inputs),
                             tokens_per_frame=geometry.tokens_per_frame, chunk_frames=r.chunk_frames,
                             overlap_frames=r.overlap_frames, causal=r.causal, form=self.hybrid_form,
                             window_backend=self.window_backend, window_backward=self.window_backward,
@@ -180,7 +192,7 @@ class SelfAttention(nnx.Module):
                      state: RecurrentState) -> tuple[jnp.ndarray, RecurrentState]:
     """One chunk of the causal ReHyAt RNN; ``x`` holds the chunk's tokens only."""
     q, k, v, phi_inputs = self.qkv(x, rope)
-    state, out = recurrent_chunk_step(state, q, k, v, self.phi_q(phi_inputs[0]), self.phi_k(phi_inputs[1]),
+    state, out = recurrent_chunk_step(state, q, k, v, *self.features(phi_inputs),
                                       tokens_per_frame=geometry.tokens_per_frame,
                                       window_backend=self.window_backend,
                                       window_backward=self.window_backward)

@@ -1,5 +1,7 @@
 """ReHyAt inside the Wan DiT: converted blocks, teacher loading, and the whole-model recurrent forward."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -207,3 +209,22 @@ def test_run_time_converted_mask_errors():
     WanDiT(WAN_TINY, rngs=nnx.Rngs(0))(*args, converted=jnp.ones(WAN_TINY.num_layers, bool))
   with pytest.raises(ValueError, match=r"must be \[2\] bools"):
     student(RehyatConfig(chunk_frames=1, feature_map=SMALL_PHI))(*args, converted=jnp.ones(3, bool))
+
+
+def test_feature_map_backend_pallas_runs_the_fused_phi_kernel():
+  """RuntimeConfig(feature_map_backend='pallas'): a bf16 student whose phi_q, phi_k run through the fused
+  kernel (Pallas interpret mode here) agrees with the XLA map's student to bf16 round-off, and its
+  compiled forward holds the kernel (so the setting is not silently ignored)."""
+  cfg = dataclasses.replace(WAN_TINY, dim=64, ffn_dim=64, num_heads=4)   # head_dim 16: tileable
+  rehyat = RehyatConfig(chunk_frames=2, overlap_frames=1,
+                        feature_map=FeatureMapConfig(hidden=16, feature_dim=16, init_scale=0.5))
+  outs, jaxprs = {}, {}
+  for backend in ("xla", "pallas"):
+    model = WanDiT(cfg, RuntimeConfig(precision="bf16", feature_map_backend=backend), rehyat, rngs=nnx.Rngs(3))
+    args = inputs(3)
+    outs[backend] = np.asarray(model(*args), np.float32)
+    jaxprs[backend] = str(jax.make_jaxpr(lambda *a: model(*a))(*args))
+  assert "rehyat_phi_mlp_power" in jaxprs["pallas"] and "rehyat_phi_mlp_power" not in jaxprs["xla"]
+  assert rel_err(outs["pallas"], outs["xla"]) <= 3e-2
+  with pytest.raises(ValueError, match="feature_map_backend"):
+    RuntimeConfig(feature_map_backend="triton")

@@ -21,6 +21,7 @@ softmax mass n_S >= 1 and an untrained student is close to chunk-local softmax.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import numbers
 from typing import Callable
 
@@ -28,7 +29,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rehyat_jax.attention.feature_maps.registry import FeatureMapConfig, PhiParam, register_feature_map
+from rehyat_jax.attention.feature_maps.mlp_power_triton import PhiKernelSettings, fused_mlp_power, kernel_shapes_ok
+from rehyat_jax.attention.feature_maps.registry import (FEATURE_MAP_BACKENDS, FeatureMapConfig, PhiParam,
+                                                        register_feature_map)
 from rehyat_jax.core.sharding import logical
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -108,18 +111,39 @@ class MlpPowerFeatureMap(nnx.Module):
   def output_dim(self) -> int:
     return self.config.output_dim
 
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, *, backend: str = "xla") -> jax.Array:
+    """phi of x. ``backend``: 'xla', or 'pallas' for the fused kernel of ``mlp_power_triton.py``
+    (bf16/fp16 input, power-of-two sizes >= 16; experimental, measured on no GPU yet)."""
     if x.ndim != 4 or x.shape[2:] != (self.num_heads, self.head_dim):
       raise ValueError(f"feature map expects [B, N, {self.num_heads}, {self.head_dim}], "
                        f"got {tuple(x.shape)}")
-    out_dtype = x.dtype if x.dtype in (jnp.bfloat16, jnp.float16) else jnp.float32
-    x = x.astype(out_dtype)
-    hidden = _per_head_matmul("bnhd,hdk->bnhk", x, self.w1[...]) + self.b1[...]
-    hidden = ACTIVATIONS[self.config.activation](hidden)
-    psi = _per_head_matmul("bnhk,hkp->bnhp", hidden.astype(out_dtype), self.w2[...]) + self.b2[...]
-    parts = jnp.split(psi, self.config.degree, axis=-1)
-    phi = jnp.concatenate([part ** power for power, part in enumerate(parts, start=1)], axis=-1)
-    return phi.astype(out_dtype)
+    options = self.config.options
+    reference = functools.partial(_mlp_power, degree=options.degree, activation=options.activation)
+    weights = (self.w1[...], self.b1[...], self.w2[...], self.b2[...])
+    if backend == "xla":
+      return reference(x, *weights)
+    if backend != "pallas":
+      raise ValueError(f"unknown feature_map_backend {backend!r}; choose one of {FEATURE_MAP_BACKENDS}")
+    if x.dtype not in (jnp.bfloat16, jnp.float16) or not kernel_shapes_ok(self.head_dim, options.hidden,
+                                                                          self.output_dim):
+      raise ValueError(f"feature_map_backend 'pallas' needs bf16/fp16 input and power-of-two head dim, hidden "
+                       f"and output dim >= 16; got {x.dtype}, {self.head_dim}, {options.hidden}, "
+                       f"{self.output_dim}: use 'xla'")
+    settings = PhiKernelSettings(options.degree, options.feature_dim, options.activation)
+    return fused_mlp_power(x, *weights, settings, reference)
+
+
+def _mlp_power(x: jax.Array, w1: jax.Array, b1: jax.Array, w2: jax.Array, b2: jax.Array, *, degree: int,
+               activation: str) -> jax.Array:
+  """The map in XLA (module docstring's precision decision): the 'xla' backend and the kernel's backward."""
+  out_dtype = x.dtype if x.dtype in (jnp.bfloat16, jnp.float16) else jnp.float32
+  x = x.astype(out_dtype)
+  hidden = _per_head_matmul("bnhd,hdk->bnhk", x, w1) + b1
+  hidden = ACTIVATIONS[activation](hidden)
+  psi = _per_head_matmul("bnhk,hkp->bnhp", hidden.astype(out_dtype), w2) + b2
+  parts = jnp.split(psi, degree, axis=-1)
+  phi = jnp.concatenate([part ** power for power, part in enumerate(parts, start=1)], axis=-1)
+  return phi.astype(out_dtype)
 
 
 def _per_head_matmul(subscripts: str, x: jax.Array, weights: jax.Array) -> jax.Array:

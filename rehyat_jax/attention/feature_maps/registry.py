@@ -5,8 +5,9 @@ A feature map kind is one module file (``mlp_power.py`` is the model) that defin
 options dataclass and an ``nnx.Module`` and registers them here. The options dataclass
 validates its own values in ``__post_init__`` (ValueError naming the option) and reports the
 map's output dim D' as an ``output_dim`` property; the module is built as
-``module_type(config, num_heads, head_dim, rngs=rngs)`` and maps [B, N, H, head_dim] to
-[B, N, H, config.output_dim] (float32 for float32 input; for bf16 input, bf16 or float32), its
+``module_type(config, num_heads, head_dim, rngs=rngs)`` and called as ``module(x, backend=...)``
+(``FEATURE_MAP_BACKENDS``; a kind without a kernel raises ValueError for anything but 'xla'); it maps
+[B, N, H, head_dim] to [B, N, H, config.output_dim] (float32 for float32 input; for bf16 input, bf16 or float32), its
 parameters being ``PhiParam``s. The forms accept either dtype: ``numerics.feature_einsum``.
 """
 
@@ -20,6 +21,8 @@ from flax import nnx
 from rehyat_jax.core.adapters import AdapterParam
 
 DEFAULT_KIND = "mlp_power"
+# How a map runs (``RuntimeConfig.feature_map_backend``): plain XLA, or a kind's fused kernel.
+FEATURE_MAP_BACKENDS = ("xla", "pallas")
 
 
 class PhiParam(AdapterParam):

@@ -113,7 +113,7 @@ def monitor_attention(attn, x, rope, geometry, converted):
   r = attn.rehyat
 
   def stats():
-    return guard_and_baseline(q, k, v, attn.phi_q(phi_inputs[0]), attn.phi_k(phi_inputs[1]),
+    return guard_and_baseline(q, k, v, *attn.features(phi_inputs),
                               teacher.astype(jnp.float32), tokens_per_frame=geometry.tokens_per_frame,
                               chunk_frames=r.chunk_frames, overlap_frames=r.overlap_frames, causal=r.causal,
                               chunks_per_step=attn.window_chunks_per_step)
