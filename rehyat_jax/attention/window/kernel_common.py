@@ -98,7 +98,7 @@ def pad_flat(x: jax.Array, length: int) -> jax.Array:
 def band_rows(first_row, block_rows: int, band, key_floor, num_queries: int, num_keys: int,
               block_k: int):
   """Inside a Triton kernel, for the query rows [first_row, first_row + block_rows): each row's key
-  range [lo, hi) (``WindowBand.key_range`` of its chunk; vectors) and ``KeyBlocks``: the key blocks
+  range [lo, hi) (``WindowBand.key_range`` of its chunk; vectors) and ``LoopBlocks``: the key blocks
   of ``block_k`` keys that cover the union of those ranges, and among them the ones inside every
   row's range (no mask needed there). Ranges grow with the row, so the first row has the smallest
   hi and the last the largest lo."""
@@ -108,7 +108,7 @@ def band_rows(first_row, block_rows: int, band, key_floor, num_queries: int, num
   first_lo, first_hi = band.key_range(first_row // band.chunk_tokens, key_floor, num_keys)
   last_lo, last_hi = band.key_range(last_row // band.chunk_tokens, key_floor, num_keys)
   return lo, hi, LoopBlocks.of(first_lo // block_k, (last_hi + block_k - 1) // block_k,
-                               (last_lo + block_k - 1) // block_k, first_hi // block_k)
+                               inner_first=(last_lo + block_k - 1) // block_k, inner_last=first_hi // block_k)
 
 
 class LoopBlocks(NamedTuple):
@@ -121,7 +121,8 @@ class LoopBlocks(NamedTuple):
   last: jax.Array
 
   @classmethod
-  def of(cls, first, last, inner_first, inner_last) -> "LoopBlocks":
+  def of(cls, first, last, *, inner_first, inner_last) -> "LoopBlocks":
+    """[first, last) with the interior clipped into it (an empty interior where the bounds cross)."""
     inner_first = jnp.clip(inner_first, first, last)
     return cls(first, inner_first, jnp.clip(inner_last, inner_first, last), last)
 

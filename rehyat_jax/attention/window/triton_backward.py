@@ -90,8 +90,8 @@ def _dkv_kernel(floor_ref, q_ref, k_ref, v_ref, da_ref, dn_ref, row_max_ref, dk_
   rows_hi = jnp.minimum(((last_key + lead) // chunk_tokens + 1) * chunk_tokens, num_queries)
   inner_hi = jnp.where(key_floor <= first_key, ((first_key + lead) // chunk_tokens + 1) * chunk_tokens, 0)
   blocks = LoopBlocks.of(lowest_chunk(first_key) * chunk_tokens // block_q, (rows_hi + block_q - 1) // block_q,
-                         (lowest_chunk(last_key) * chunk_tokens + block_q - 1) // block_q,
-                         jnp.minimum(inner_hi, num_queries) // block_q)
+                         inner_first=(lowest_chunk(last_key) * chunk_tokens + block_q - 1) // block_q,
+                         inner_last=jnp.minimum(inner_hi, num_queries) // block_q)
   scale2 = LOG2_E / math.sqrt(k.shape[-1])
 
   def body(block, carry, masked: bool):
