@@ -45,7 +45,7 @@ from rehyat_jax.attention.parallel import geometry_band, linear_terms, parallel_
 from rehyat_jax.attention.recurrent import recurrent_hybrid_attention
 from rehyat_jax.attention.window import (WindowKernelConfig, window_attention, window_backend_names,
                                          window_backward_names)
-from rehyat_jax.attention.window.band import band_windows, from_chunks, to_chunks
+from rehyat_jax.attention.window.band import band_windows, from_chunks
 from rehyat_jax.attention.window.xla import key_valid_from_bounds, window_softmax
 
 METHODS = ("full_softmax", "rehyat_parallel", "rehyat_parallel_xla", "rehyat_recurrent", "chunk_softmax",

@@ -4,7 +4,6 @@ of docs/method.md §1 written out directly."""
 
 from __future__ import annotations
 
-import itertools
 
 import jax
 import jax.numpy as jnp
