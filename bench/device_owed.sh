@@ -13,10 +13,13 @@
 #                  video still come out, at what speed; then the same with a persistent compilation cache
 #                  written by a first process and read by a second (is the autotuning done only once)
 #   PART=dit       whole-DiT forward teacher vs student at 21 and 84 latent frames, and recurrent at 42
+#   PART=stage1_14b  stage 1 of Wan2.1-14B at 81x480x832 on ONE GPU (#13): random teacher weights drawn on the
+#                  device (model.checkpoint='', no 28 GB file to write), mesh fsdp=1, 6 steps; the log ends
+#                  with the step time and "peak device memory"
 set -uo pipefail
 # shellcheck source=bench/device_env.sh
 source bench/device_env.sh
-case ${PART:?set PART=kernels, train, generate, memory or dit} in
+case ${PART:?set PART=kernels, train, generate, memory, dit or stage1_14b} in
   kernels)
     python3 bench/check_kernel_parity.py 2>&1 | tee "$OUT/parity.log" | grep -v Warning | tail -6
     python3 bench/bench_attention.py --frames 21 84 --methods full_softmax rehyat_parallel --window-backend pallas \
@@ -54,6 +57,13 @@ case ${PART:?set PART=kernels, train, generate, memory or dit} in
   dit)
     python3 bench/bench_dit.py --frames 21,84 --cases teacher,parallel --reps 3 2>&1 | tee "$OUT/bench_dit.log" | grep "^|"
     python3 bench/bench_dit.py --frames 42 --cases recurrent --reps 2 2>&1 | tee "$OUT/bench_dit_42_rec.log" | grep "^|"
+    ;;
+  stage1_14b)
+    python3 -m rehyat_jax.train --config configs/distill_wan_14b.py --config.model.checkpoint= \
+      --config.mesh.fsdp=1 --config.mesh.data=1 --config.data.source=synthetic --config.data.num_examples=4 \
+      --config.train.steps=6 --config.train.log_every=2 --config.train.global_batch_size=1 \
+      --config.train.checkpoint_every=1000 --config.workdir=/tmp/runs/stage1_14b > "$OUT/train_stage1_14b.log" 2>&1
+    grep -v "Warning\|warn" "$OUT/train_stage1_14b.log" | tail -8
     ;;
   *) echo "unknown PART=$PART" >&2; exit 2 ;;
 esac
