@@ -9,7 +9,7 @@
 #   PART=speed    attention layer before/after at 21 / 84 frames, then the whole DiT at 21 (teacher, after, before)
 #   PART=profile  a profile of the student's DiT forward at 21 frames, then a small forward tile sweep
 #   PART=phi      the fused phi kernel: its parity, the DiT at 21 / 84 frames with phi in XLA and fused (teacher in
-#                 the same call), and a profile of the fused student
+#                 the same call), a profile of the fused student, then the backward kernels' tile sweep
 #   PART=dit      whole-DiT forward at 21 / 84 frames: teacher, student before and after; profiles of the
 #                 student forward before and after and of its training gradient
 set -uo pipefail
@@ -66,6 +66,10 @@ case ${PART:?set PART=kernels, side, speed, profile, phi or dit} in
     grep "^|" "$OUT/dit_phi_pallas.log"
     python3 bench/profile_dit.py --case parallel --frames 21 --feature-map-backend pallas > "$OUT/profile_phi_pallas.log" 2>&1
     grep "^|" "$OUT/profile_phi_pallas.log" | head -20
+    # The backward kernels' tiles were tuned on the padded-window kernels; re-check them on the band.
+    python3 bench/tune_window_kernel.py --frames 21 --backward --block-q 64 128 --block-k 64 128 --num-warps 4 8 \
+      --num-stages 2 3 --reps 5 > "$OUT/tune_backward.log" 2>&1
+    grep "^|\|kernel alone" "$OUT/tune_backward.log" | head -24
     ;;
   dit)
     python3 bench/bench_dit.py --frames 21,84 --cases teacher,parallel --reps 3 2>&1 | tee "$OUT/dit_after.log" | grep "^|"
