@@ -42,9 +42,9 @@ def capture(monkeypatch):
   feature_map_type = type(build_feature_map(STUDENT.feature_map, 1, 8, rngs=nnx.Rngs(0)))
   original_map, original_attention = feature_map_type.__call__, SelfAttention.__call__
 
-  def map_call(self, x):
+  def map_call(self, x, **kwargs):
     record(seen, "phi", self, x)
-    return original_map(self, x)
+    return original_map(self, x, **kwargs)
 
   def attention_call(self, x, *args, **kwargs):
     record(seen, "attention", self, x)
