@@ -77,6 +77,7 @@ def window_attention(q: jax.Array, k: jax.Array, v: jax.Array, lin_num: jax.Arra
   entry = WINDOW_BACKENDS[resolve_window_backend(window_backend, q.shape[-1])]
   window_backward = effective_backward(entry, window_backward)
   key_floor = jnp.asarray(key_floor, jnp.int32)
+  lin_num, lin_den = lin_num.astype(jnp.float32), lin_den.astype(jnp.float32)
   if not entry.is_kernel:
     return entry.forward(q, k, v, lin_num, lin_den, key_floor, band, window_chunks_per_step)
   return run_kernel_backend(entry, window_backward, q, k, v, lin_num, lin_den, key_floor, band,

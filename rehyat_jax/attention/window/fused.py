@@ -14,9 +14,10 @@ inactive (n + w >= F n) and F otherwise:
     dn = g * dden                           dw = dden where the guard is inactive, else 0
 
 These row-wise cotangents (``row_cotangents``) need only y and n, so the linear branch's
-gradients cost O(N D) whatever computes dq, dk, dv: the entry's chosen backward, either "xla"
-(``xla_qkv_cotangents``: ``jax.vjp`` of the XLA window, scores materialised) or a fused kernel
-(``triton_backward.py``). Ties at the guard (n + w == F n exactly) take the unguarded branch
+gradients cost O(N D) whatever computes dq, dk, dv from da and dn: the entry's chosen backward,
+either "xla" (``xla_qkv_cotangents``: ``jax.vjp`` of the XLA window's a_S, n_S, scores
+materialised) or fused kernels (``triton_backward.py``). Neither needs lin_num again, so it is not
+kept for the backward pass. Ties at the guard (n + w == F n exactly) take the unguarded branch
 here, where ``jnp.maximum`` would split the gradient; that set has measure zero.
 """
 
@@ -33,16 +34,16 @@ from rehyat_jax.attention.numerics import DENOMINATOR_FLOOR
 from rehyat_jax.attention.window.band import WindowBand
 from rehyat_jax.attention.window.kernel_common import WindowKernelConfig, tileable_head_dim
 from rehyat_jax.attention.window.registry import WindowBackend
-from rehyat_jax.attention.window.xla import xla_window_attention
+from rehyat_jax.attention.window.xla import band_softmax_sums
 
 
 class KernelResiduals(NamedTuple):
-  """What a kernel's backward gets: the forward's inputs, its output and its statistics."""
+  """What a kernel's backward gets: the forward's inputs (not lin_num: no backward needs it, and
+  at [B, Tq, H, D] float32 it is the largest of them), its output and its statistics."""
 
   q: jax.Array
   k: jax.Array
   v: jax.Array
-  lin_num: jax.Array
   lin_den: jax.Array
   key_floor: jax.Array
   out: jax.Array
@@ -69,13 +70,13 @@ def row_cotangents(out, row_sum, lin_den, cotangent):
 def xla_qkv_cotangents(res: KernelResiduals, cotangent, da, dn, *, band: WindowBand,
                        config: WindowKernelConfig, interpret: bool,
                        window_chunks_per_step: int | None):
-  """Backward "xla" of the kernel backends: dq, dk, dv by ``jax.vjp`` of the XLA window
-  (grouped by ``window_chunks_per_step`` as in its forward)."""
-  del da, dn, config, interpret  # recomputed inside the XLA window's own backward
-  xla = lambda q, k, v: xla_window_attention(q, k, v, res.lin_num, res.lin_den, res.key_floor, band,
-                                             window_chunks_per_step)
-  _, vjp = jax.vjp(xla, res.q, res.k, res.v)
-  return vjp(cotangent)
+  """Backward "xla" of the kernel backends: dq, dk, dv by ``jax.vjp`` of the XLA window's a_S, n_S
+  (``xla.band_softmax_sums``, grouped by ``window_chunks_per_step`` as in its forward) at the
+  row-wise cotangents da, dn, as the fused backward kernels use them."""
+  del cotangent, config, interpret
+  sums = lambda q, k, v: band_softmax_sums(q, k, v, res.key_floor, band, window_chunks_per_step)
+  _, vjp = jax.vjp(sums, res.q, res.k, res.v)
+  return vjp((da, dn))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9, 10, 11))
@@ -92,7 +93,7 @@ def fused_window_attention(q: jax.Array, k: jax.Array, v: jax.Array, lin_num: ja
 def _fused_fwd(q, k, v, lin_num, lin_den, key_floor, band, forward, backward, config, interpret,
                window_chunks_per_step):
   out, row_max, row_sum = forward(q, k, v, lin_num, lin_den, key_floor, band, config, interpret)
-  return out, KernelResiduals(q, k, v, lin_num, lin_den, key_floor, out, row_max, row_sum)
+  return out, KernelResiduals(q, k, v, lin_den, key_floor, out, row_max, row_sum)
 
 
 def _fused_bwd(band, forward, backward, config, interpret, window_chunks_per_step, res, cotangent):
@@ -101,8 +102,8 @@ def _fused_bwd(band, forward, backward, config, interpret, window_chunks_per_ste
   da, dn, dlin_den = row_cotangents(res.out, res.row_sum, res.lin_den, cotangent)
   dq, dk, dv = backward(res, cotangent, da, dn, band=band, config=config, interpret=interpret,
                         window_chunks_per_step=window_chunks_per_step)
-  # The integer key floor gets no cotangent.
-  return dq, dk, dv, da.astype(res.lin_num.dtype), dlin_den.astype(res.lin_den.dtype), None
+  # lin_num, lin_den are float32 (``window_attention`` casts them); the key floor gets no cotangent.
+  return dq, dk, dv, da, dlin_den, None
 
 
 fused_window_attention.defvjp(_fused_fwd, _fused_bwd)

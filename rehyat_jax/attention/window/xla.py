@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from rehyat_jax.attention.numerics import joint_normalise, matmul_precision
-from rehyat_jax.attention.window.band import WindowBand, band_windows, from_chunks, to_chunks
+from rehyat_jax.attention.window.band import WindowBand, band_windows, from_chunks
 from rehyat_jax.attention.window.registry import WindowBackend, WindowBackward, register_window_backend
 
 
@@ -63,15 +63,12 @@ def key_valid_from_bounds(key_bounds: jax.Array, window_tokens: int) -> jax.Arra
   return (slot >= key_bounds[:, :1]) & (slot < key_bounds[:, 1:])
 
 
-def xla_window_attention(q: jax.Array, k: jax.Array, v: jax.Array, lin_num: jax.Array,
-                         lin_den: jax.Array, key_floor: jax.Array, band: WindowBand,
-                         window_chunks_per_step: int | None = None) -> jax.Array:
-  """``window_attention`` with the XLA backend, [B, Tq, H, D] in q's dtype.
-
-  ``window_chunks_per_step``: None materialises every chunk's scores at once (and keeps them for
-  the backward pass); n runs ``lax.map`` over groups of n chunks and recomputes them group by
-  group in the backward pass (``jax.checkpoint``), so score memory is one group's.
-  """
+def band_softmax_sums(q: jax.Array, k: jax.Array, v: jax.Array, key_floor: jax.Array, band: WindowBand,
+                      window_chunks_per_step: int | None = None) -> tuple[jax.Array, jax.Array]:
+  """a_S [B, Tq, H, D] and n_S [B, Tq, H] (float32, c = the row max) of every query's window in
+  XLA. ``window_chunks_per_step``: None materialises every chunk's scores at once (and keeps them
+  for the backward pass); n runs ``lax.map`` over groups of n chunks and recomputes them group by
+  group in the backward pass (``jax.checkpoint``), so score memory is one group's."""
   q_chunks, k_windows, v_windows, key_bounds = band_windows(q, k, v, band, key_floor)
   key_valid = key_valid_from_bounds(key_bounds, k_windows.shape[2])
   if window_chunks_per_step is None:
@@ -79,9 +76,16 @@ def xla_window_attention(q: jax.Array, k: jax.Array, v: jax.Array, lin_num: jax.
   else:
     a_s, n_s = _mapped_window_softmax(q_chunks, k_windows, v_windows, key_valid,
                                       window_chunks_per_step)
-  chunks = lambda x: to_chunks(x, band.chunk_tokens)
-  out = joint_normalise(a_s, n_s, chunks(lin_num), chunks(lin_den))
-  return from_chunks(out, q.shape[1]).astype(q.dtype)
+  return from_chunks(a_s, q.shape[1]), from_chunks(n_s, q.shape[1])
+
+
+def xla_window_attention(q: jax.Array, k: jax.Array, v: jax.Array, lin_num: jax.Array,
+                         lin_den: jax.Array, key_floor: jax.Array, band: WindowBand,
+                         window_chunks_per_step: int | None = None) -> jax.Array:
+  """``window_attention`` with the XLA backend, [B, Tq, H, D] in q's dtype (``band_softmax_sums``
+  then ``joint_normalise``)."""
+  a_s, n_s = band_softmax_sums(q, k, v, key_floor, band, window_chunks_per_step)
+  return joint_normalise(a_s, n_s, lin_num, lin_den).astype(q.dtype)
 
 
 register_window_backend(WindowBackend(
