@@ -4,8 +4,6 @@
 # scratch/base_bench (its bench scripts), both carried.
 #   PART=kernels  parity of the band kernels (all settings); attention layer fwd and fwd+bwd at 21 and 84
 #                 latent frames: cuDNN full softmax, the student before and after; a forward tile sweep
-#   PART=side     parity, attention layer before/after (no sweep), then whole-DiT forward at 21 / 84 frames:
-#                 teacher and student after, then the student before
 #   PART=speed    attention layer before/after at 21 / 84 frames, then the whole DiT at 21 (teacher, after, before)
 #   PART=profile  a profile of the student's DiT forward at 21 frames, then a small forward tile sweep
 #   PART=phi      the fused phi kernel: its parity, the DiT at 21 / 84 frames with phi in XLA and fused (teacher in
@@ -17,7 +15,7 @@ set -uo pipefail
 source bench/device_env.sh
 BASE="env PYTHONPATH=$PWD/scratch/base:/tmp/site"
 quiet() { grep -v "Warning\|warn"; }
-case ${PART:?set PART=kernels, side, speed, profile, phi or dit} in
+case ${PART:?set PART=kernels, speed, profile, phi or dit} in
   kernels)
     python3 bench/check_kernel_parity.py 2>&1 | tee "$OUT/parity.log" | quiet | tail -8
     common=(--frames 21 84 --window-backend pallas --window-backward pallas --phi-dtype bfloat16 --reps 10)
@@ -27,17 +25,6 @@ case ${PART:?set PART=kernels, side, speed, profile, phi or dit} in
       2>&1 | tee "$OUT/attention_before.log" | grep "^|"
     python3 bench/tune_window_kernel.py --frames 21 --block-q 64 128 --block-k 64 128 --num-warps 4 8 \
       --num-stages 2 3 --reps 10 2>&1 | tee "$OUT/tune_forward.log" | grep "^|\|^frames" | head -12
-    ;;
-  side)
-    python3 bench/check_kernel_parity.py 2>&1 | tee "$OUT/parity.log" | quiet | tail -3
-    common=(--frames 21 84 --window-backend pallas --window-backward pallas --phi-dtype bfloat16 --reps 10)
-    python3 bench/bench_attention.py "${common[@]}" --methods full_softmax rehyat_parallel \
-      2>&1 | tee "$OUT/attention_after.log" | grep "^|"
-    $BASE python3 scratch/base_bench/bench_attention.py "${common[@]}" --methods rehyat_parallel \
-      2>&1 | tee "$OUT/attention_before.log" | grep "^|"
-    python3 bench/bench_dit.py --frames 21,84 --cases teacher,parallel --reps 3 2>&1 | tee "$OUT/dit_after.log" | grep "^|"
-    $BASE python3 scratch/base_bench/bench_dit.py --frames 21,84 --cases parallel --reps 3 2>&1 \
-      | tee "$OUT/dit_before.log" | grep "^|"
     ;;
   speed)
     common=(--frames 21 84 --window-backend pallas --window-backward pallas --phi-dtype bfloat16 --reps 10)

@@ -96,7 +96,7 @@ def generate(pipeline: Pipeline, prompts: str | Sequence[str], *, out_dir: str |
 
   with text_encoder_on_device(pipeline) as encode:
     # As Wan: an empty negative prompt means the default one.
-    negative_text = jnp.asarray(np.asarray(encode([negative_prompt or WAN_NEGATIVE_PROMPT])))
+    negative_text = encode([negative_prompt or WAN_NEGATIVE_PROMPT])  # used by every video: stays on device
     texts = {prompt: np.asarray(encode([prompt])) for prompt in dict.fromkeys(prompts)}
   sampler = make_sampler(pipeline.dit, schedule, solver=solver, guidance=guidance, forward=forward,
                          cfg_devices=cfg_devices)

@@ -21,7 +21,6 @@ softmax mass n_S >= 1 and an untrained student is close to chunk-local softmax.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import numbers
 from typing import Callable
 
@@ -118,10 +117,9 @@ class MlpPowerFeatureMap(nnx.Module):
       raise ValueError(f"feature map expects [B, N, {self.num_heads}, {self.head_dim}], "
                        f"got {tuple(x.shape)}")
     options = self.config.options
-    reference = functools.partial(_mlp_power, degree=options.degree, activation=options.activation)
     weights = (self.w1[...], self.b1[...], self.w2[...], self.b2[...])
     if backend == "xla":
-      return reference(x, *weights)
+      return _mlp_power(x, *weights, degree=options.degree, activation=options.activation)
     if backend != "pallas":
       raise ValueError(f"unknown feature_map_backend {backend!r}; choose one of {FEATURE_MAP_BACKENDS}")
     if x.dtype not in (jnp.bfloat16, jnp.float16) or not kernel_shapes_ok(self.head_dim, options.hidden,
@@ -130,7 +128,7 @@ class MlpPowerFeatureMap(nnx.Module):
                        f"and output dim >= 16; got {x.dtype}, {self.head_dim}, {options.hidden}, "
                        f"{self.output_dim}: use 'xla'")
     settings = PhiKernelSettings(options.degree, options.feature_dim, options.activation)
-    return fused_mlp_power(x, *weights, settings, reference)
+    return fused_mlp_power(x, *weights, settings, _mlp_power)
 
 
 def _mlp_power(x: jax.Array, w1: jax.Array, b1: jax.Array, w2: jax.Array, b2: jax.Array, *, degree: int,

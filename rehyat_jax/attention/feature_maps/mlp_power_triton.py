@@ -107,8 +107,9 @@ def _fused_forward(x, w1, b1, w2, b2, settings: PhiKernelSettings, interpret: bo
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
 def fused_mlp_power(x, w1, b1, w2, b2, settings: PhiKernelSettings, reference: Callable):
   """phi of ``x`` [B, N, H, D] (bf16/fp16) with per-head weights w1 [H, D, K], b1 [H, K], w2 [H, K, D'],
-  b2 [H, D'], by the kernel (compiled on GPU, interpreted elsewhere); ``reference(x, w1, b1, w2, b2)`` is
-  the XLA map, whose VJP is the backward."""
+  b2 [H, D'], by the kernel (compiled on GPU, interpreted elsewhere). ``reference(x, w1, b1, w2, b2, *,
+  degree, activation)`` is the XLA map (a module-level function, so jit caches see one object), whose VJP
+  is the backward."""
   return _fused_forward(x, w1, b1, w2, b2, settings, jax.default_backend() != "gpu")
 
 
@@ -117,8 +118,8 @@ def _fwd(x, w1, b1, w2, b2, settings, reference):
 
 
 def _bwd(settings, reference, residuals, cotangent):
-  del settings
-  _, vjp = jax.vjp(reference, *residuals)
+  xla_map = functools.partial(reference, degree=settings.degree, activation=settings.activation)
+  _, vjp = jax.vjp(xla_map, *residuals)
   return vjp(cotangent)
 
 

@@ -133,6 +133,26 @@ class LoopBlocks(NamedTuple):
     return jax.lax.fori_loop(self.inner_last, self.last, lambda i, c: body(i, c, True), carry)
 
 
+def band_scores(q, k, keys, key_lo, key_hi, *, masked: bool, scale: float, precision):
+  """The [block_q, block_k] score tile q k^T * scale of a band kernel's query rows against the keys
+  ``keys``; on a masked (edge) block, keys outside a row's [key_lo, key_hi) are MASK_VALUE."""
+  scores = pltriton.dot(q, k, trans_b=True, precision=precision) * scale
+  if not masked:
+    return scores
+  valid = (keys[None, :] >= key_lo[:, None]) & (keys[None, :] < key_hi[:, None])
+  return jnp.where(valid, scores, MASK_VALUE)
+
+
+def band_block_specs(num_queries: int, head_dim: int):
+  """BlockSpecs of the band kernels' (block, batch, head) grid: ``tokens(length)`` gives each
+  program the whole [length, D] token axis of its (batch, head) of a [B, length, H, D] operand,
+  ``rows`` the [Tq] of a [B, Tq, H] row statistic, ``scalar`` the key floor."""
+  tokens = lambda length: pl.BlockSpec((None, length, None, head_dim), lambda i, j, n: (j, 0, n, 0))
+  rows = pl.BlockSpec((None, num_queries, None), lambda i, j, n: (j, 0, n))
+  scalar = pl.BlockSpec((1,), lambda i, j, n: (0,))
+  return tokens, rows, scalar
+
+
 def load_rows(ref, start, size: int, row_mask=None):
   """Rows [start, start + size) of a [T, ...] ref inside a Triton kernel, zeros where
   ``row_mask`` [size] is False (past the ends: a masked load reads nothing there); None: all

@@ -29,8 +29,8 @@ from jax.experimental.pallas import triton as pltriton
 
 from rehyat_jax.attention.window.band import WindowBand
 from rehyat_jax.attention.window.kernel_common import (LOG2_E, MASK_VALUE, BackwardTiles, WindowKernelConfig,
-                                                       LoopBlocks, band_rows, kernel_precision, load_rows,
-                                                       store_rows)
+                                                       LoopBlocks, band_block_specs, band_rows, band_scores,
+                                                       kernel_precision, load_rows, store_rows)
 
 
 def _dq_kernel(floor_ref, q_ref, k_ref, v_ref, da_ref, dn_ref, row_max_ref, dq_ref, *, band: WindowBand,
@@ -52,10 +52,7 @@ def _dq_kernel(floor_ref, q_ref, k_ref, v_ref, da_ref, dn_ref, row_max_ref, dq_r
     key_ok = keys < num_keys if masked else None
     k = load_rows(k_ref, block * block_k, block_k, key_ok)
     v = load_rows(v_ref, block * block_k, block_k, key_ok)
-    scores = pltriton.dot(q, k, trans_b=True, precision=precision) * scale2
-    if masked:
-      valid = (keys[None, :] >= key_lo[:, None]) & (keys[None, :] < key_hi[:, None])
-      scores = jnp.where(valid, scores, MASK_VALUE)
+    scores = band_scores(q, k, keys, key_lo, key_hi, masked=masked, scale=scale2, precision=precision)
     weights = jnp.exp2(scores - row_max[:, None])
     dp = pltriton.dot(da, v, trans_b=True, precision=precision) + dn[:, None]
     return dq + pltriton.dot((weights * dp).astype(k.dtype), k, precision=precision)
@@ -131,9 +128,7 @@ def fused_qkv_cotangents(q, k, v, key_floor, row_max, da, dn, band: WindowBand,
   dq_tiles, dkv_tiles = config.dq.for_dtype(q.dtype), config.dkv.for_dtype(q.dtype)
   precision = kernel_precision(q.dtype)
   operands = (key_floor.reshape(1), q, k, v, da.astype(q.dtype), dn, row_max)
-  whole = lambda length: pl.BlockSpec((None, length, None, d), lambda i, j, n: (j, 0, n, 0))
-  whole_rows = pl.BlockSpec((None, tq, None), lambda i, j, n: (j, 0, n))
-  scalar = pl.BlockSpec((1,), lambda i, j, n: (0,))
+  whole, whole_rows, scalar = band_block_specs(tq, d)
   in_specs = [scalar, whole(tq), whole(tk), whole(tk), whole(tq), whole_rows, whole_rows]
   params = lambda tiles: pltriton.CompilerParams(num_warps=tiles.num_warps, num_stages=tiles.num_stages)
   static = dict(band=band, num_queries=tq, num_keys=tk, precision=precision)

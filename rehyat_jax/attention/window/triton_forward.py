@@ -38,8 +38,8 @@ from rehyat_jax.attention.numerics import DENOMINATOR_FLOOR
 from rehyat_jax.attention.window.band import WindowBand
 from rehyat_jax.attention.window.fused import xla_qkv_cotangents
 from rehyat_jax.attention.window.kernel_common import (LOG2_E, MASK_VALUE, WindowKernelConfig,
-                                                       band_rows, kernel_precision, load_rows,
-                                                       store_rows)
+                                                       band_block_specs, band_rows, band_scores,
+                                                       kernel_precision, load_rows, store_rows)
 from rehyat_jax.attention.window.registry import WindowBackend, WindowBackward, register_window_backend
 from rehyat_jax.attention.window.triton_backward import pallas_qkv_cotangents
 
@@ -62,10 +62,7 @@ def _window_kernel(floor_ref, q_ref, k_ref, v_ref, lin_num_ref, lin_den_ref, out
     keys = block * block_k + jnp.arange(block_k)
     key_ok = keys < num_keys if masked else None
     k = load_rows(k_ref, block * block_k, block_k, key_ok)
-    scores = pltriton.dot(q, k, trans_b=True, precision=precision) * scale
-    if masked:
-      valid = (keys[None, :] >= key_lo[:, None]) & (keys[None, :] < key_hi[:, None])
-      scores = jnp.where(valid, scores, MASK_VALUE)
+    scores = band_scores(q, k, keys, key_lo, key_hi, masked=masked, scale=scale, precision=precision)
     new_max = jnp.maximum(row_max, jnp.max(scores, axis=1))
     # A row whose first visited block is all outside its range has row_max = MASK_VALUE there and
     # sums junk with weight 1; its first real key makes rescale exactly 0, which discards it.
@@ -95,9 +92,7 @@ def triton_window_forward(q, k, v, lin_num, lin_den, key_floor, band: WindowBand
   tk = k.shape[1]
   kernel = functools.partial(_window_kernel, band=band, num_queries=tq, num_keys=tk, config=config,
                              precision=kernel_precision(q.dtype))
-  whole = lambda length: pl.BlockSpec((None, length, None, d), lambda i, j, n: (j, 0, n, 0))
-  whole_rows = pl.BlockSpec((None, tq, None), lambda i, j, n: (j, 0, n))
-  scalar = pl.BlockSpec((1,), lambda i, j, n: (0,))
+  whole, whole_rows, scalar = band_block_specs(tq, d)
   stats = jax.ShapeDtypeStruct((b, tq, h), jnp.float32)
   return pl.pallas_call(
       kernel,
@@ -109,7 +104,7 @@ def triton_window_forward(q, k, v, lin_num, lin_den, key_floor, band: WindowBand
                                               num_stages=config.num_stages),
       interpret=interpret,
       name="rehyat_window_attention",
-  )(key_floor.reshape(1), q, k, v, lin_num.astype(jnp.float32), lin_den.astype(jnp.float32))
+  )(key_floor.reshape(1), q, k, v, lin_num, lin_den)
 
 
 register_window_backend(WindowBackend(
