@@ -433,10 +433,14 @@ def test_gpu_bad_settings(repo, tmp_path, env, args, message):
 
 
 GPU_FAKE_PYTHON = r"""#!/usr/bin/env bash
-# Process 1 fails fast when FAIL is set; the others run until SIGTERM, then exit 0 ("checkpointed").
-printf '%s\n' "$CUDA_VISIBLE_DEVICES $*"
+# Process 1 fails when FAIL is set, but only once process 0 has its TERM handler (READY file): on a loaded
+# machine process 0 may otherwise start after the launcher's SIGTERM and die silently. The others run until
+# SIGTERM, then exit 0 ("checkpointed").
 trap 'echo "got TERM"; exit 0' TERM
-case "$*" in *process_id=1*) if [ -n "${FAIL:-}" ]; then exit 3; fi ;; esac
+printf '%s\n' "$CUDA_VISIBLE_DEVICES $*"
+case "$*" in *process_id=0*) if [ -n "${READY:-}" ]; then : > "$READY"; fi ;; esac
+case "$*" in *process_id=1*) if [ -n "${FAIL:-}" ]; then
+  for _ in $(seq 400); do [ -e "$READY" ] && break; sleep 0.05; done; exit 3; fi ;; esac
 if [ -n "${QUICK:-}" ]; then exit 0; fi
 for _ in $(seq 200); do sleep 0.05; done
 exit 9
@@ -452,7 +456,7 @@ def test_gpu_multi_process_real_run(repo, tmp_path):
   assert (tmp_path / "logs" / "ok.proc1.log").read_text().startswith("2,3 -m rehyat_jax.train")
   # One process fails: exit with its status, the other gets SIGTERM.
   fail = _run(repo / "launch" / "train_gpu.sh", "--num-processes", "2", "--run-name", "bad",
-              env=_env({**base, "FAIL": "1"}))
+              env=_env({**base, "FAIL": "1", "READY": str(tmp_path / "proc0.ready")}))
   assert fail.returncode == 3 and "process 1 exited with status 3" in fail.stderr
   assert "got TERM" in (tmp_path / "logs" / "bad.proc0.log").read_text()
 
