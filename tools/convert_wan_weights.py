@@ -7,11 +7,17 @@ diffusers transformer/ folder, or diffusers repo root); for umt5 and vae also a 
 models_t5_umt5-xxl-enc-bf16.pth, Wan2.1_VAE.pth) or the diffusers text_encoder/ / vae/ folder. DST: the directory
 to create (config.json, conversion.json, params/; see rehyat_jax.convert.storage). Exits 1 with the problem (no
 traceback) when the source cannot be converted.
+
+Resources: host memory stays near one source tensor whatever the model (the converted tensors go to memory-mapped
+files); the disk next to DST needs room for DST twice while it runs. Until it finishes everything is in a hidden
+directory next to DST; Ctrl-C or SIGTERM removes it, and a conversion killed outright leaves it for the next
+conversion to DST to remove.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from rehyat_jax.convert import CheckpointError, convert_wan_checkpoint
@@ -41,8 +47,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   return parser.parse_args(argv)
 
 
+def _exit_on_sigterm(signum, frame):
+  raise SystemExit(128 + signum)  # unwinds, so the staging directory is removed
+
+
 def main(argv: list[str] | None = None) -> int:
   args = parse_args(argv)
+  signal.signal(signal.SIGTERM, _exit_on_sigterm)
   convert, default_dtype = COMPONENTS[args.component]
   extra = {"num_heads": args.num_heads} if args.component == "dit" else {}
   if args.num_heads is not None and args.component != "dit":

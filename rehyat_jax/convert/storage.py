@@ -4,23 +4,29 @@
   conversion.json   where it came from (source, layout, dtype, tensor count, time, and per-model extras)
   params/           Orbax PyTree checkpoint of the converted parameter tree
 
-``write_tensors`` is the common tail of a conversion: one preallocated buffer per target leaf
-(``allocate_params``), source tensors streamed into it one at a time in file order (``fill_params``), then
-``write_converted``: everything goes to a temporary directory next to the destination, renamed at the end, so
-nothing half-written is left behind. ``restore_params`` / ``restore_into`` read the tree back.
+``write_tensors`` is the common tail of a conversion: one buffer per target leaf (``allocate_params``), source
+tensors streamed into it one at a time in file order (``fill_params``), then the Orbax write. Everything goes to a
+temporary directory next to the destination (``staging_directory``), renamed at the end, so nothing half-written is
+left behind. The buffers are memory-mapped files in that directory, not RAM: the converter's own memory stays near
+one source tensor whatever the model (a 14B DiT in float32 is 57 GB), at the cost of free disk for a second copy
+of the converted model while it runs. ``restore_params`` / ``restore_into`` read the tree back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import glob
 import inspect
 import json
 import os
+import re
 import shutil
+import socket
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, TypeVar
+from typing import Any, Callable, Iterator, Mapping, Protocol, TypeVar
 
 import jax
 import ml_dtypes
@@ -34,6 +40,8 @@ Progress = Callable[[str], None] | None
 
 TARGET_DTYPES: dict[str, np.dtype] = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
 CONFIG_FILE, CONVERSION_FILE, PARAMS_DIR = "config.json", "conversion.json", "params"
+# The memory-mapped conversion buffers, inside the staging directory; removed before it becomes the destination.
+BUFFERS_DIR = "buffers"
 
 
 class ModelConfig(Protocol):
@@ -68,11 +76,20 @@ def check_destination(dst: str | os.PathLike, overwrite: bool) -> None:
 # Streaming into preallocated buffers
 # ----------------------------------------------------------------------------------------------------------
 
-def allocate_params(shapes: dict[Any, Any], dtype: str) -> dict[Any, Any]:
-  """One uninitialised buffer per leaf of a tree of shapes (pages are committed as they are filled)."""
+def allocate_params(shapes: dict[Any, Any], dtype: str, buffer_dir: Path | None = None) -> dict[Any, Any]:
+  """One uninitialised buffer per leaf of a tree of shapes: in RAM, or with ``buffer_dir`` a memory-mapped file
+  there per leaf (the kernel writes filled pages back and can drop them, so they do not accumulate in RAM)."""
   np_dtype = target_dtype(dtype)
-  return jax.tree_util.tree_map(lambda shape: np.empty(shape, np_dtype), shapes,
-                                is_leaf=lambda leaf: isinstance(leaf, tuple))
+  is_shape = lambda leaf: isinstance(leaf, tuple)
+  if buffer_dir is None:
+    return jax.tree_util.tree_map(lambda shape: np.empty(shape, np_dtype), shapes, is_leaf=is_shape)
+  buffer_dir.mkdir(parents=True, exist_ok=True)
+  leaves, treedef = jax.tree_util.tree_flatten(shapes, is_leaf=is_shape)
+  # np.asarray: a plain ndarray view of each mapping, so serialisers see the type they are registered for.
+  buffers = [np.asarray(np.lib.format.open_memmap(buffer_dir / f"leaf_{i:05d}.npy", mode="w+", dtype=np_dtype,
+                                                  shape=shape))
+             for i, shape in enumerate(leaves)]
+  return jax.tree_util.tree_unflatten(treedef, buffers)
 
 
 def fill_params(params: dict[Any, Any], source: TensorSource, table: Mapping[str, KeyRow],
@@ -100,16 +117,20 @@ def write_tensors(dst: str | os.PathLike, source: TensorSource, table: Mapping[s
   """Converts the tensors of ``table`` into ``shapes``-shaped buffers and writes ``dst``; ``conversion`` (the
   per-model part of conversion.json) gains the time taken, ``start`` being the ``time.perf_counter()`` at which the
   conversion began."""
-  params = allocate_params(shapes, dtype)
-  fill_params(params, source, table, progress)
-  report(progress, f"writing {dst} ({time.perf_counter() - start:.1f} s)")
-  conversion = {
-      **conversion,
-      "converted_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-      # Reading, checking and transposing; the Orbax write that follows is not included.
-      "seconds_to_convert": round(time.perf_counter() - start, 2),
-  }
-  write_converted(dst, params, cfg, conversion, overwrite=overwrite)
+  with staging_directory(dst, overwrite) as staging:
+    buffer_dir = staging / BUFFERS_DIR
+    params = allocate_params(shapes, dtype, buffer_dir)
+    fill_params(params, source, table, progress)
+    report(progress, f"writing {dst} ({time.perf_counter() - start:.1f} s)")
+    conversion = {
+        **conversion,
+        "converted_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        # Reading, checking and transposing; the Orbax write that follows is not included.
+        "seconds_to_convert": round(time.perf_counter() - start, 2),
+    }
+    write_staged(staging, params, cfg, conversion)
+    del params  # unmaps the buffers before their files go
+    shutil.rmtree(buffer_dir)
   report(progress, f"done: {dst} in {time.perf_counter() - start:.1f} s")
 
 
@@ -126,6 +147,18 @@ def numpy_handler_without_copies() -> "ocp.type_handlers.NumpyHandler":
   return handler()
 
 
+def _one_chunk_per_array() -> dict[str, int]:
+  """PyTreeSave options that store every array as one chunk, where the installed Orbax has the option.
+
+  By default Orbax caps data files at 2 GiB and splits a larger array into chunks along its largest axes; for a
+  stacked [layers, 5120, 13824] 14B FFN weight those chunks are not contiguous in memory, and TensorStore then
+  copies the whole array into RAM before writing it (measured: +6.8 GB of anonymous memory for two such 3.4 GB
+  arrays, none with this option). 0 lifts the cap (OCDBT's "no target size")."""
+  if "ocdbt_target_data_file_size" in inspect.signature(ocp.args.PyTreeSave).parameters:
+    return {"ocdbt_target_data_file_size": 0}
+  return {}
+
+
 def save_params(directory: Path, params: dict[str, Any]) -> None:
   """Writes ``params`` (numpy leaves) as an Orbax PyTree checkpoint at ``directory``, synchronously."""
   # Keeps the model in memory once: Orbax's default numpy handler deep-copies host arrays before writing (a
@@ -138,25 +171,48 @@ def save_params(directory: Path, params: dict[str, Any]) -> None:
   checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(type_handler_registry=registry,
                                                               use_compression=False))
   try:
-    checkpointer.save(directory, args=ocp.args.PyTreeSave(params))
+    checkpointer.save(directory, args=ocp.args.PyTreeSave(params, **_one_chunk_per_array()))
   finally:
     checkpointer.close()
 
 
-def write_converted(dst: str | os.PathLike, params: dict[str, Any], cfg: ModelConfig, conversion: dict[str, Any],
-                    *, overwrite: bool = False) -> Path:
-  """Writes params + config.json + conversion.json into a temporary directory next to ``dst``, then renames it to
-  ``dst``; nothing is left behind on error."""
+def remove_abandoned_staging(dst: Path) -> list[Path]:
+  """Deletes staging directories of ``dst`` left by a process on this host that no longer runs (killed with
+  SIGKILL, e.g. by the out-of-memory killer, it could not clean up; its buffers are as large as the model).
+  Returns what it deleted. Other hosts' directories are kept: their processes cannot be checked from here."""
+  pattern = re.compile(rf"\.{re.escape(dst.name)}\.converting-{re.escape(socket.gethostname())}-(\d+)-[0-9a-f]+")
+  removed = []
+  for path in dst.parent.glob(f".{glob.escape(dst.name)}.converting-*"):
+    match = pattern.fullmatch(path.name)
+    if match and not _process_alive(int(match.group(1))):
+      shutil.rmtree(path, ignore_errors=True)
+      removed.append(path)
+  return removed
+
+
+def _process_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # another user's live process
+    return True
+  return True
+
+
+@contextlib.contextmanager
+def staging_directory(dst: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+  """A fresh directory next to ``dst`` that replaces ``dst`` when the block succeeds and is removed when it
+  fails, so ``dst`` is never half-written."""
   dst = Path(dst).absolute()  # Orbax rejects relative paths
   check_destination(dst, overwrite)
   dst.parent.mkdir(parents=True, exist_ok=True)
+  remove_abandoned_staging(dst)
   # A fresh uniquely named directory (not tempfile.mkdtemp: its 0700 mode would become dst's mode).
-  staging = dst.parent / f".{dst.name}.converting-{uuid.uuid4().hex[:12]}"
+  staging = dst.parent / f".{dst.name}.converting-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
   staging.mkdir()
   try:
-    save_params(staging / PARAMS_DIR, params)
-    (staging / CONFIG_FILE).write_text(cfg.to_json() + "\n")
-    (staging / CONVERSION_FILE).write_text(json.dumps(conversion, indent=2, sort_keys=True) + "\n")
+    yield staging
     if dst.exists():
       replaced = dst.parent / f".{dst.name}.replaced-{uuid.uuid4().hex[:12]}"
       os.replace(dst, replaced)
@@ -167,7 +223,22 @@ def write_converted(dst: str | os.PathLike, params: dict[str, Any], cfg: ModelCo
   except BaseException:
     shutil.rmtree(staging, ignore_errors=True)
     raise
-  return dst
+
+
+def write_staged(staging: Path, params: dict[str, Any], cfg: ModelConfig, conversion: dict[str, Any]) -> None:
+  """params + config.json + conversion.json into ``staging``."""
+  save_params(staging / PARAMS_DIR, params)
+  (staging / CONFIG_FILE).write_text(cfg.to_json() + "\n")
+  (staging / CONVERSION_FILE).write_text(json.dumps(conversion, indent=2, sort_keys=True) + "\n")
+
+
+def write_converted(dst: str | os.PathLike, params: dict[str, Any], cfg: ModelConfig, conversion: dict[str, Any],
+                    *, overwrite: bool = False) -> Path:
+  """Writes params + config.json + conversion.json into a temporary directory next to ``dst``, then renames it to
+  ``dst``; nothing is left behind on error."""
+  with staging_directory(dst, overwrite) as staging:
+    write_staged(staging, params, cfg, conversion)
+  return Path(dst).absolute()
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +147,53 @@ def test_write_tensors_streams_into_the_tree_and_reads_back(tmp_path):
   np.testing.assert_array_equal(np.asarray(params["blocks"]["norm"]["scale"], np.float32),
                                 [[10] * 4, [11] * 4])
   assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+  # The memory-mapped buffers are gone once the Orbax copy is written.
+  assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["config.json", "conversion.json", "params"]
+
+
+def test_conversion_buffers_are_files_not_ram(tmp_path):
+  params = storage.allocate_params(SHAPES, "float32", tmp_path / "buffers")
+  kernel = params["blocks"]["proj"]["kernel"]
+  kernel[...] = 7.0
+  kernel.base.flush()
+  # What was written into the buffer is in its file, which is the backing store of the array.
+  on_disk = np.load(tmp_path / "buffers" / "leaf_00001.npy")
+  assert on_disk.shape == (2, 4, 3) and (on_disk == 7.0).all()
+  assert len(list((tmp_path / "buffers").iterdir())) == 3
+
+
+def test_a_conversion_that_fails_midway_leaves_nothing_behind(tmp_path):
+  tensors = source_tensors()
+  source = in_memory_source(tensors)
+  reads = []
+
+  def failing_reader(info):
+    reads.append(info.name)
+    if len(reads) == 3:
+      raise OSError("disk went away")
+    return tensors[info.name]
+
+  source = TensorSource(path=source.path, files=source.files, tensors=source.tensors, config_path=None,
+                        reader=failing_reader)
+  with pytest.raises(OSError, match="disk went away"):
+    storage.write_tensors(tmp_path / "out", source, TEMPLATES.rows(2), SHAPES, Config(), {"model": "test"},
+                          dtype="float32", overwrite=False, progress=None, start=0.0)
+  assert len(reads) == 3 and list(tmp_path.iterdir()) == []
+
+
+def test_a_conversion_removes_what_a_killed_one_left_behind(tmp_path):
+  dead_pid = subprocess.Popen([sys.executable, "-c", "pass"])  # a process that has exited
+  dead_pid.wait()
+  host = socket.gethostname()
+  abandoned = tmp_path / f".out.converting-{host}-{dead_pid.pid}-0123456789ab"
+  live = tmp_path / f".out.converting-{host}-{os.getpid()}-0123456789ab"     # a conversion still running
+  elsewhere = tmp_path / f".out.converting-otherhost-{dead_pid.pid}-0123456789ab"
+  other_dst = tmp_path / f".out2.converting-{host}-{dead_pid.pid}-0123456789ab"
+  for path in (abandoned, live, elsewhere, other_dst):
+    (path / storage.BUFFERS_DIR).mkdir(parents=True)
+  storage.write_tensors(tmp_path / "out", in_memory_source(source_tensors()), TEMPLATES.rows(2), SHAPES, Config(),
+                        {"model": "test"}, dtype="float32", overwrite=False, progress=None, start=0.0)
+  assert not abandoned.exists() and live.exists() and elsewhere.exists() and other_dst.exists()
 
 
 def test_reading_a_directory_that_is_not_converted(tmp_path):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -78,3 +80,37 @@ def test_convert_cli_routes_components(tmp_path):
   save_file({"patch_embedding.weight": np.zeros((4, 4, 1, 2, 2), np.float32)}, str(not_t5))
   wrong = run_tool("convert_wan_weights.py", not_t5, tmp_path / "out", "--component", "umt5")
   assert wrong.returncode == 1 and "error:" in wrong.stderr and not (tmp_path / "out").exists()
+
+
+SIGTERM_MIDWAY = """
+import sys, time
+from pathlib import Path
+from rehyat_jax.convert import storage
+sys.path.insert(0, sys.argv[1])
+import convert_wan_weights
+
+def fill_then_wait(params, source, table, progress=None):
+  Path(sys.argv[4]).touch()  # the staging directory and its buffers exist now
+  time.sleep(60)
+
+storage.fill_params = fill_then_wait
+sys.exit(convert_wan_weights.main(sys.argv[2:4]))
+"""
+
+
+def test_sigterm_midway_leaves_nothing_behind(tiny_diffusers, tmp_path):
+  _, directory = tiny_diffusers
+  out_dir = tmp_path / "ckpt"
+  out_dir.mkdir()
+  ready = tmp_path / "ready"
+  proc = subprocess.Popen([sys.executable, "-c", SIGTERM_MIDWAY, str(TOOLS), str(directory), str(out_dir / "dit"),
+                           str(ready)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 60
+  while not ready.exists() and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  assert ready.exists(), proc.communicate()[1]
+  assert [p.name.split("-")[0] for p in out_dir.iterdir()] == [".dit.converting"]
+  proc.terminate()
+  _, err = proc.communicate(timeout=30)
+  assert proc.returncode == 128 + signal.SIGTERM, err
+  assert list(out_dir.iterdir()) == []
