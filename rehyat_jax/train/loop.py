@@ -28,7 +28,8 @@ from rehyat_jax.train.errors import NonFiniteTrainingError
 from rehyat_jax.train.inputs import make_inputs
 from rehyat_jax.train.mesh import initialize_distributed, make_mesh, replicated
 from rehyat_jax.train.optimizer import make_optimizer
-from rehyat_jax.train.setup import build_model, count_params, init_train_state, state_shardings
+from rehyat_jax.train.setup import (build_model, count_params, init_train_state, state_memory_line,
+                                    state_shardings)
 from rehyat_jax.train.stages import RunContext
 from rehyat_jax.train.stages.base import Stage
 
@@ -158,6 +159,7 @@ def _train(cfg, mesh) -> dict:
     print(f"stage {stage.name}: {count_params(state.trainable):,} trainable parameters, "
           f"{count_params(frozen):,} frozen; mesh {dict(mesh.shape)}; {jax.device_count()} devices, "
           f"{jax.process_count()} processes; steps {start}..{cfg.train.steps}", flush=True)
+    print(state_memory_line(state, shardings, frozen, frozen_shardings), flush=True)
     if start < cfg.train.steps:
       print("compiling the train step (the first step waits for it; the speed and ETA count only later steps) ...",
             flush=True)
