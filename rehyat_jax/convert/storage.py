@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import glob
 import inspect
 import json
@@ -85,11 +86,44 @@ def allocate_params(shapes: dict[Any, Any], dtype: str, buffer_dir: Path | None 
     return jax.tree_util.tree_map(lambda shape: np.empty(shape, np_dtype), shapes, is_leaf=is_shape)
   buffer_dir.mkdir(parents=True, exist_ok=True)
   leaves, treedef = jax.tree_util.tree_flatten(shapes, is_leaf=is_shape)
-  # np.asarray: a plain ndarray view of each mapping, so serialisers see the type they are registered for.
-  buffers = [np.asarray(np.lib.format.open_memmap(buffer_dir / f"leaf_{i:05d}.npy", mode="w+", dtype=np_dtype,
-                                                  shape=shape))
-             for i, shape in enumerate(leaves)]
+  buffers = [_mapped_buffer(buffer_dir / f"leaf_{i:05d}.npy", shape, np_dtype) for i, shape in enumerate(leaves)]
   return jax.tree_util.tree_unflatten(treedef, buffers)
+
+
+def _mapped_buffer(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+  mapped = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+  # The file is sparse; its blocks are reserved now, so a full disk is an error here and not a SIGBUS (the
+  # process killed without a message) when a page is written back halfway through the conversion.
+  with open(path, "r+b") as f:
+    try:
+      os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+    except OSError as e:
+      if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise CheckpointError(f"no space left on the disk of {path.parent} for the conversion buffers "
+                              f"({e.strerror}); free space there or convert to a destination on another disk") from e
+      # A file system without fallocate: the buffer stays sparse.
+  # A plain ndarray view of the mapping, so serialisers see the type they are registered for.
+  return np.asarray(mapped)
+
+
+def _existing_ancestor(path: Path) -> Path:
+  while not path.exists():
+    path = path.parent
+  return path
+
+
+def check_free_disk(dst: Path, shapes: dict[Any, Any], dtype: str) -> None:
+  """CheckpointError, before any work, when the disk of ``dst`` cannot hold the converted model twice (the
+  memory-mapped buffers and the Orbax output exist together at the end)."""
+  itemsize = target_dtype(dtype).itemsize
+  model = sum(int(np.prod(shape)) * itemsize
+              for shape in jax.tree_util.tree_leaves(shapes, is_leaf=lambda leaf: isinstance(leaf, tuple)))
+  where = _existing_ancestor(Path(dst).absolute().parent)
+  free = shutil.disk_usage(where).free
+  if free < 2 * model:
+    raise CheckpointError(f"{where} has {free / 1e9:.1f} GB free, but converting there needs about "
+                          f"{2 * model / 1e9:.1f} GB: the converted model ({model / 1e9:.1f} GB, {dtype}) twice while it "
+                          "runs (memory-mapped buffers, then the Orbax copy); free space or choose another destination")
 
 
 def fill_params(params: dict[Any, Any], source: TensorSource, table: Mapping[str, KeyRow],
@@ -117,6 +151,7 @@ def write_tensors(dst: str | os.PathLike, source: TensorSource, table: Mapping[s
   """Converts the tensors of ``table`` into ``shapes``-shaped buffers and writes ``dst``; ``conversion`` (the
   per-model part of conversion.json) gains the time taken, ``start`` being the ``time.perf_counter()`` at which the
   conversion began."""
+  check_free_disk(Path(dst), shapes, dtype)
   with staging_directory(dst, overwrite) as staging:
     buffer_dir = staging / BUFFERS_DIR
     params = allocate_params(shapes, dtype, buffer_dir)

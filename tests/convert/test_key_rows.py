@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -203,3 +205,34 @@ def test_reading_a_directory_that_is_not_converted(tmp_path):
   (tmp_path / storage.CONFIG_FILE).write_text("[not json")
   with pytest.raises(CheckpointError, match="config.json: not a umT5 config"):
     storage.read_config(tmp_path, dict, "umT5", "umt5")
+
+
+def test_too_little_free_disk_is_a_clear_error_before_any_work(tmp_path, monkeypatch):
+  real = shutil.disk_usage
+  monkeypatch.setattr(storage.shutil, "disk_usage", lambda path: real(path)._replace(free=100))
+  reads = []
+  source = in_memory_source(source_tensors())
+  source = TensorSource(path=source.path, files=source.files, tensors=source.tensors, config_path=None,
+                        reader=lambda info: reads.append(info.name))
+  # SHAPES in float32: (10*4 + 2*4*3 + 2*4) * 4 bytes = 288 bytes of model, 576 needed.
+  with pytest.raises(CheckpointError, match=r"has 0\.0 GB free, but converting there needs about 0\.0 GB: .* twice"):
+    storage.write_tensors(tmp_path / "out", source, TEMPLATES.rows(2), SHAPES, Config(), {"model": "test"},
+                          dtype="float32", overwrite=False, progress=None, start=0.0)
+  assert reads == [] and list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_while_reserving_buffers_is_a_clear_error(tmp_path, monkeypatch):
+  def no_space(fd, offset, length):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(storage.os, "posix_fallocate", no_space)
+  with pytest.raises(CheckpointError, match="no space left on the disk of .*conversion buffers"):
+    storage.write_tensors(tmp_path / "out", in_memory_source(source_tensors()), TEMPLATES.rows(2), SHAPES, Config(),
+                          {"model": "test"}, dtype="float32", overwrite=False, progress=None, start=0.0)
+  assert list(tmp_path.iterdir()) == []
+
+
+def test_buffers_are_reserved_on_disk_not_sparse(tmp_path):
+  params = storage.allocate_params({"w": (256, 1024)}, "float32", tmp_path / "buffers")
+  stat = (tmp_path / "buffers" / "leaf_00000.npy").stat()
+  assert params["w"].nbytes == 2**20 and stat.st_blocks * 512 >= 2**20  # blocks allocated, not a hole
