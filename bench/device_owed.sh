@@ -15,7 +15,8 @@
 #   PART=dit       whole-DiT forward teacher vs student at 21 and 84 latent frames, and recurrent at 42
 #   PART=stage1_14b  stage 1 of Wan2.1-14B at 81x480x832 on ONE GPU (#13): random teacher weights drawn on the
 #                  device (model.checkpoint='', no 28 GB file to write), mesh fsdp=1, 6 steps; the log ends
-#                  with the step time and "peak device memory"
+#                  with the step time and "peak device memory". The recipe keeps the frozen teacher in bf16
+#                  (30.5 GiB of state per bench/plan_memory.py; estimate with activations ≈ 75 GiB)
 set -uo pipefail
 # shellcheck source=bench/device_env.sh
 source bench/device_env.sh
@@ -59,6 +60,7 @@ case ${PART:?set PART=kernels, train, generate, memory, dit or stage1_14b} in
     python3 bench/bench_dit.py --frames 42 --cases recurrent --reps 2 2>&1 | tee "$OUT/bench_dit_42_rec.log" | grep "^|"
     ;;
   stage1_14b)
+    python3 bench/plan_memory.py --config configs/distill_wan_14b.py --meshes fsdp=1 > "$OUT/plan_stage1_14b.log" 2>&1
     python3 -m rehyat_jax.train --config configs/distill_wan_14b.py --config.model.checkpoint= \
       --config.mesh.fsdp=1 --config.mesh.data=1 --config.data.source=synthetic --config.data.num_examples=4 \
       --config.train.steps=6 --config.train.log_every=2 --config.train.global_batch_size=1 \
