@@ -121,7 +121,8 @@ def run_case(args, case: str, shared, tokenizer_path: Path) -> dict:
   pipeline = Pipeline(dit=dit, text_encoder=text_encoder, tokenizer=tokenizer, vae=vae)
   results = generate(pipeline, ["a cat walks on the grass"] * args.videos, out_dir=args.out_dir, frames=frames,
                      height=args.height, width=args.width, steps=args.steps,
-                     forward="recurrent" if kind == "recurrent" else "parallel", show_progress=False)
+                     forward="recurrent" if kind == "recurrent" else "parallel", show_progress=False,
+                     cfg_devices=args.cfg_devices)
   _, peak = memory_gib()
   steady = results[-1].seconds
   # With one video the timed video is the first: its time includes compiling the sampler and decoder.
@@ -132,7 +133,7 @@ def run_case(args, case: str, shared, tokenizer_path: Path) -> dict:
           "sampling_s": results[-1].sampling_seconds, "decode_write_s": results[-1].decode_seconds,
           "peak_gib_after_sampling": results[-1].peak_gib_after_sampling,
           "peak_gib_after_decode": results[-1].peak_gib_after_decode,
-          "device": jax.devices()[0].device_kind, **versions()}
+          "device": jax.devices()[0].device_kind, "cfg_devices": args.cfg_devices, **versions()}
 
 
 def main():
@@ -146,6 +147,8 @@ def main():
   p.add_argument("--chunk", type=int, default=3)
   p.add_argument("--overlap", type=int, default=1)
   p.add_argument("--precision", default="bf16_params")
+  p.add_argument("--cfg-devices", type=int, default=1,
+                 help="2: the prompt's and the negative prompt's DiT passes on two devices at once")
   p.add_argument("--out-dir", default="/tmp/bench_generate")
   p.add_argument("--tiny", action="store_true")
   args = p.parse_args()
@@ -176,7 +179,7 @@ def main():
       print(json.dumps(rows[-1]), flush=True)
   if rows:
     print(f"\n{rows[0]['device']}, jax {rows[0]['jax']}, jaxlib {rows[0]['jaxlib']}, flax {rows[0]['flax']}, "
-          f"{args.height}x{args.width}, {args.steps} steps, CFG 5, UniPC, {args.precision}; random weights; "
+          f"{args.height}x{args.width}, {args.steps} steps, CFG 5 on {args.cfg_devices} device(s), UniPC, {args.precision}; random weights; "
           f"video writer {writer}")
   timed = "2nd" if args.videos == 2 else ("only, incl. compile" if args.videos == 1 else f"last of {args.videos}")
   print(f"| case | frames | s / video ({timed}) | s / step | first video s (compile) | peak GiB so far |")

@@ -91,20 +91,24 @@ class RunLogger:
     now = time.perf_counter()
     if self.last_step is None:
       self.last_step, self.last_time = step - 1, self.start
-    steps = max(step - self.last_step, 1)
-    dt = max(now - self.last_time, 1e-9)
-    self.device_seconds += dt * self.num_devices
-    steps_per_s = steps / dt
-    scalars = dict(scalars, steps_per_s=steps_per_s, tokens_per_s=steps_per_s * self.tokens_per_step,
-                   device_hours=self.device_seconds / 3600)
-    mfu = ""
-    if self.flops_per_step and self.peak:
-      scalars["mfu"] = steps_per_s * self.flops_per_step / (self.peak * self.num_devices)
-      mfu = f" MFU {scalars['mfu']:.1%}"
-    eta = (self.total_steps - step) / steps_per_s
-    line = (f"step {step}/{self.total_steps} loss {scalars['loss']:.5f} {steps_per_s:.2f} steps/s "
-            f"{scalars['tokens_per_s']:.0f} tok/s{mfu} ETA {format_duration(eta)} "
-            f"device-h {scalars['device_hours']:.4f}")
+    if step == self.last_step:  # logged where the clock was reset: the step so far included compilation
+      line = (f"step {step}/{self.total_steps} loss {scalars['loss']:.5f} (this step included compilation; speed "
+              "and ETA from the next logged step)")
+    else:
+      steps = step - self.last_step
+      dt = max(now - self.last_time, 1e-9)
+      self.device_seconds += dt * self.num_devices
+      steps_per_s = steps / dt
+      scalars = dict(scalars, steps_per_s=steps_per_s, tokens_per_s=steps_per_s * self.tokens_per_step,
+                     device_hours=self.device_seconds / 3600)
+      mfu = ""
+      if self.flops_per_step and self.peak:
+        scalars["mfu"] = steps_per_s * self.flops_per_step / (self.peak * self.num_devices)
+        mfu = f" MFU {scalars['mfu']:.1%}"
+      eta = (self.total_steps - step) / steps_per_s
+      line = (f"step {step}/{self.total_steps} loss {scalars['loss']:.5f} {steps_per_s:.2f} steps/s "
+              f"{scalars['tokens_per_s']:.0f} tok/s{mfu} ETA {format_duration(eta)} "
+              f"device-h {scalars['device_hours']:.4f}")
     self.last_step, self.last_time = step, now
     if self.enabled:
       print(line, flush=True)
