@@ -88,7 +88,7 @@ def run_sampled(cmd: list[str], group: Path | None = None,
   killed = proc.returncode == -signal.SIGKILL and group is not None
   if proc.returncode != 0 and not killed:
     raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{output[-3000:]}")
-  return peaks[0], peaks[1], time.perf_counter() - start, output.strip().splitlines()[-1], killed
+  return peaks[0], peaks[1], time.perf_counter() - start, (output.strip().splitlines() or [''])[-1], killed
 
 
 def main(argv=None) -> int:

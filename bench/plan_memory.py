@@ -14,6 +14,7 @@ the trainer prints its device peak at the end).
 from __future__ import annotations
 
 import argparse
+import ast
 import math
 import sys
 
@@ -64,7 +65,7 @@ def main(argv=None) -> int:
   parser.add_argument("--config", action="append", required=True, help="config file[:arg]; repeatable")
   parser.add_argument("--meshes", nargs="+", default=["fsdp=1"], help="e.g. fsdp=8 or fsdp=4,sequence=2")
   parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
-                      help="config overrides, e.g. model.precision=bf16 (values parsed as Python literals)")
+                      help="config overrides, e.g. model.precision=bf16 data.latent_shape=(21,60,104) (Python literals, else strings)")
   args = parser.parse_args(argv)
   print(f"# jax {jax.__version__}; per-device GiB between steps (activations, gradients and scratch not included)")
   print("| config | stage | precision | parameters | mesh | trainable | optimizer | EMA | frozen | total |")
@@ -77,7 +78,10 @@ def main(argv=None) -> int:
       *parents, leaf = field.split(".")
       for name in parents:
         node = node[name]
-      node[leaf] = type(node[leaf])(value) if not isinstance(node[leaf], bool) else value == "True"
+      try:
+        node[leaf] = ast.literal_eval(value)
+      except (ValueError, SyntaxError):
+        node[leaf] = value  # a plain string, e.g. model.precision=bf16
     for text in args.meshes:
       p = plan(cfg, parse_mesh(text))
       print(f"| {spec} | {cfg.stage} | {cfg.model.precision} | {p['parameters']:.2f} B | {text} | "

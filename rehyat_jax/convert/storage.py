@@ -15,15 +15,16 @@ of the converted model while it runs. ``restore_params`` / ``restore_into`` read
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import datetime
 import errno
+import fcntl
 import glob
 import inspect
 import json
 import os
-import re
 import shutil
-import socket
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -41,8 +42,9 @@ Progress = Callable[[str], None] | None
 
 TARGET_DTYPES: dict[str, np.dtype] = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
 CONFIG_FILE, CONVERSION_FILE, PARAMS_DIR = "config.json", "conversion.json", "params"
-# The memory-mapped conversion buffers, inside the staging directory; removed before it becomes the destination.
-BUFFERS_DIR = "buffers"
+# The memory-mapped conversion buffers and the lock file a running conversion holds, inside the staging
+# directory; both are removed before it becomes the destination.
+BUFFERS_DIR, STAGING_LOCK = "buffers", ".lock"
 
 
 class ModelConfig(Protocol):
@@ -96,14 +98,31 @@ def _mapped_buffer(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> np.nd
   # process killed without a message) when a page is written back halfway through the conversion.
   with open(path, "r+b") as f:
     try:
-      os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+      _reserve_blocks(f.fileno(), os.fstat(f.fileno()).st_size)
     except OSError as e:
       if e.errno in (errno.ENOSPC, errno.EDQUOT):
         raise CheckpointError(f"no space left on the disk of {path.parent} for the conversion buffers "
                               f"({e.strerror}); free space there or convert to a destination on another disk") from e
-      # A file system without fallocate: the buffer stays sparse.
+      raise
   # A plain ndarray view of the mapping, so serialisers see the type they are registered for.
   return np.asarray(mapped)
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def _reserve_blocks(fd: int, size: int) -> None:
+  """Linux fallocate(2): allocates the file's blocks without writing them. Not posix_fallocate, which glibc
+  emulates where the file system lacks it (NFS, FUSE) by writing every 4 KiB block; there the buffer stays
+  sparse instead, as it does off Linux."""
+  fallocate = getattr(_LIBC, "fallocate", None)
+  if fallocate is None:
+    return
+  fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+  if fallocate(fd, 0, 0, size) != 0:
+    err = ctypes.get_errno()
+    if err not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+      raise OSError(err, os.strerror(err))
 
 
 def _existing_ancestor(path: Path) -> Path:
@@ -151,6 +170,9 @@ def write_tensors(dst: str | os.PathLike, source: TensorSource, table: Mapping[s
   """Converts the tensors of ``table`` into ``shapes``-shaped buffers and writes ``dst``; ``conversion`` (the
   per-model part of conversion.json) gains the time taken, ``start`` being the ``time.perf_counter()`` at which the
   conversion began."""
+  # Cheap refusals first: an existing destination, then the disk, counted after what killed conversions left.
+  check_destination(dst, overwrite)
+  remove_abandoned_staging(Path(dst).absolute())
   check_free_disk(Path(dst), shapes, dtype)
   with staging_directory(dst, overwrite) as staging:
     buffer_dir = staging / BUFFERS_DIR
@@ -212,52 +234,64 @@ def save_params(directory: Path, params: dict[str, Any]) -> None:
 
 
 def remove_abandoned_staging(dst: Path) -> list[Path]:
-  """Deletes staging directories of ``dst`` left by a process on this host that no longer runs (killed with
-  SIGKILL, e.g. by the out-of-memory killer, it could not clean up; its buffers are as large as the model).
-  Returns what it deleted. Other hosts' directories are kept: their processes cannot be checked from here."""
-  pattern = re.compile(rf"\.{re.escape(dst.name)}\.converting-{re.escape(socket.gethostname())}-(\d+)-[0-9a-f]+")
+  """Deletes the staging directories of ``dst`` whose conversion no longer runs, and returns them.
+
+  A running conversion holds an exclusive ``flock`` on the lock file in its staging directory. The kernel drops
+  that lock with the process however it ends, so a killed conversion's directory (SIGKILL from the out-of-memory
+  killer cannot be cleaned up after; its buffers are as large as the model) can be told from a live one, on any
+  host or container that shares the file system. A directory without a lock file is kept."""
   removed = []
   for path in dst.parent.glob(f".{glob.escape(dst.name)}.converting-*"):
-    match = pattern.fullmatch(path.name)
-    if match and not _process_alive(int(match.group(1))):
-      shutil.rmtree(path, ignore_errors=True)
-      removed.append(path)
+    try:
+      fd = os.open(path / STAGING_LOCK, os.O_RDWR)
+    except OSError:
+      continue
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      os.close(fd)  # held: that conversion is running
+      continue
+    shutil.rmtree(path, ignore_errors=True)
+    os.close(fd)
+    removed.append(path)
   return removed
-
-
-def _process_alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:  # another user's live process
-    return True
-  return True
 
 
 @contextlib.contextmanager
 def staging_directory(dst: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
   """A fresh directory next to ``dst`` that replaces ``dst`` when the block succeeds and is removed when it
-  fails, so ``dst`` is never half-written."""
+  fails, so ``dst`` is never half-written. While the block runs the directory's lock file is held (see
+  ``remove_abandoned_staging``)."""
   dst = Path(dst).absolute()  # Orbax rejects relative paths
   check_destination(dst, overwrite)
   dst.parent.mkdir(parents=True, exist_ok=True)
   remove_abandoned_staging(dst)
   # A fresh uniquely named directory (not tempfile.mkdtemp: its 0700 mode would become dst's mode).
-  staging = dst.parent / f".{dst.name}.converting-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+  staging = dst.parent / f".{dst.name}.converting-{uuid.uuid4().hex[:12]}"
   staging.mkdir()
+  lock = os.open(staging / STAGING_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+  fcntl.flock(lock, fcntl.LOCK_EX)
+  replaced = None
   try:
     yield staging
+    os.unlink(staging / STAGING_LOCK)  # the lock itself stays held until the rename is done
     if dst.exists():
       replaced = dst.parent / f".{dst.name}.replaced-{uuid.uuid4().hex[:12]}"
       os.replace(dst, replaced)
-      os.replace(staging, dst)
+    os.replace(staging, dst)
+    if replaced is not None:
       shutil.rmtree(replaced, ignore_errors=True)
-    else:
-      os.replace(staging, dst)
   except BaseException:
+    # Interrupted (SIGTERM unwinds as SystemExit) between the two renames: the previous dst goes back.
+    if replaced is not None and replaced.exists():
+      if dst.exists():
+        shutil.rmtree(replaced, ignore_errors=True)
+      else:
+        os.replace(replaced, dst)
     shutil.rmtree(staging, ignore_errors=True)
     raise
+  finally:
+    os.close(lock)
 
 
 def write_staged(staging: Path, params: dict[str, Any], cfg: ModelConfig, conversion: dict[str, Any]) -> None:

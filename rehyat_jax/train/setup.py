@@ -82,8 +82,15 @@ def bytes_per_device(tree, shardings) -> int:
   placements = jax.tree_util.tree_leaves(shardings, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
   if len(leaves) != len(placements):
     raise ValueError(f"{len(leaves)} arrays but {len(placements)} shardings")
-  return sum(int(np.prod(sharding.shard_shape(leaf.shape))) * jnp.dtype(leaf.dtype).itemsize
+  return sum(int(np.prod(sharding.shard_shape(leaf.shape))) * _itemsize(leaf)
              for leaf, sharding in zip(leaves, placements))
+
+
+def _itemsize(leaf) -> int:
+  # PRNG key arrays have an extended dtype, which numpy cannot interpret; it states its own bytes per key.
+  if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.extended):
+    return leaf.dtype.itemsize
+  return jnp.dtype(leaf.dtype).itemsize
 
 
 def state_memory_line(state: "TrainState", shardings: "TrainState", frozen, frozen_shardings) -> str:

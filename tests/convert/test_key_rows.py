@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import shutil
-import socket
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -184,18 +185,55 @@ def test_a_conversion_that_fails_midway_leaves_nothing_behind(tmp_path):
 
 
 def test_a_conversion_removes_what_a_killed_one_left_behind(tmp_path):
-  dead_pid = subprocess.Popen([sys.executable, "-c", "pass"])  # a process that has exited
-  dead_pid.wait()
-  host = socket.gethostname()
-  abandoned = tmp_path / f".out.converting-{host}-{dead_pid.pid}-0123456789ab"
-  live = tmp_path / f".out.converting-{host}-{os.getpid()}-0123456789ab"     # a conversion still running
-  elsewhere = tmp_path / f".out.converting-otherhost-{dead_pid.pid}-0123456789ab"
-  other_dst = tmp_path / f".out2.converting-{host}-{dead_pid.pid}-0123456789ab"
-  for path in (abandoned, live, elsewhere, other_dst):
-    (path / storage.BUFFERS_DIR).mkdir(parents=True)
-  storage.write_tensors(tmp_path / "out", in_memory_source(source_tensors()), TEMPLATES.rows(2), SHAPES, Config(),
-                        {"model": "test"}, dtype="float32", overwrite=False, progress=None, start=0.0)
-  assert not abandoned.exists() and live.exists() and elsewhere.exists() and other_dst.exists()
+  # A conversion killed outright: its staging directory holds buffers, and its lock file is no longer locked.
+  killed = subprocess.run([sys.executable, "-c", HOLD_STAGING_THEN_DIE, str(tmp_path / "out")], check=False)
+  assert killed.returncode == -signal.SIGKILL
+  [abandoned] = tmp_path.glob(".out.converting-*")
+  assert (abandoned / storage.BUFFERS_DIR).is_dir()
+  # A conversion that is running (its lock is held), one of another destination, and a directory without a lock.
+  with storage.staging_directory(tmp_path / "other") as other_running:
+    (other_running / "x").write_text("in progress")
+    live_lock = tmp_path / ".out.converting-live0000000"
+    live_lock.mkdir()
+    fd = os.open(live_lock / storage.STAGING_LOCK, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    unlocked = tmp_path / ".out.converting-nolock00000"
+    unlocked.mkdir()
+    storage.write_tensors(tmp_path / "out", in_memory_source(source_tensors()), TEMPLATES.rows(2), SHAPES,
+                          Config(), {"model": "test"}, dtype="float32", overwrite=False, progress=None, start=0.0)
+    assert not abandoned.exists() and live_lock.exists() and unlocked.exists() and other_running.exists()
+    os.close(fd)
+  assert (tmp_path / "other" / "x").read_text() == "in progress" and not (tmp_path / "other" / storage.STAGING_LOCK).exists()
+
+
+HOLD_STAGING_THEN_DIE = """
+import os, signal, sys
+from pathlib import Path
+from rehyat_jax.convert import storage
+with storage.staging_directory(sys.argv[1]) as staging:
+  (staging / storage.BUFFERS_DIR).mkdir()
+  os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_an_interrupted_overwrite_keeps_the_previous_destination(tmp_path, monkeypatch):
+  (tmp_path / "out").mkdir()
+  (tmp_path / "out" / "old").write_text("previous model")
+  real_replace, calls = os.replace, []
+
+  def replace_then_interrupt(src, dst):
+    calls.append(Path(dst).name)
+    if len(calls) == 2:  # SIGTERM between moving the old one aside and moving the new one in
+      raise SystemExit(143)
+    real_replace(src, dst)
+
+  monkeypatch.setattr(storage.os, "replace", replace_then_interrupt)
+  with pytest.raises(SystemExit):
+    with storage.staging_directory(tmp_path / "out", overwrite=True) as staging:
+      (staging / "new").write_text("new model")
+  monkeypatch.setattr(storage.os, "replace", real_replace)
+  assert (tmp_path / "out" / "old").read_text() == "previous model"
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 def test_reading_a_directory_that_is_not_converted(tmp_path):
@@ -222,10 +260,10 @@ def test_too_little_free_disk_is_a_clear_error_before_any_work(tmp_path, monkeyp
 
 
 def test_a_full_disk_while_reserving_buffers_is_a_clear_error(tmp_path, monkeypatch):
-  def no_space(fd, offset, length):
+  def no_space(fd, size):
     raise OSError(errno.ENOSPC, "No space left on device")
 
-  monkeypatch.setattr(storage.os, "posix_fallocate", no_space)
+  monkeypatch.setattr(storage, "_reserve_blocks", no_space)
   with pytest.raises(CheckpointError, match="no space left on the disk of .*conversion buffers"):
     storage.write_tensors(tmp_path / "out", in_memory_source(source_tensors()), TEMPLATES.rows(2), SHAPES, Config(),
                           {"model": "test"}, dtype="float32", overwrite=False, progress=None, start=0.0)
@@ -236,3 +274,15 @@ def test_buffers_are_reserved_on_disk_not_sparse(tmp_path):
   params = storage.allocate_params({"w": (256, 1024)}, "float32", tmp_path / "buffers")
   stat = (tmp_path / "buffers" / "leaf_00000.npy").stat()
   assert params["w"].nbytes == 2**20 and stat.st_blocks * 512 >= 2**20  # blocks allocated, not a hole
+
+
+def test_the_free_disk_check_counts_after_removing_what_killed_conversions_left(tmp_path, monkeypatch):
+  killed = subprocess.run([sys.executable, "-c", HOLD_STAGING_THEN_DIE, str(tmp_path / "out")], check=False)
+  assert killed.returncode == -signal.SIGKILL
+  seen = []
+  real_check = storage.check_free_disk
+  monkeypatch.setattr(storage, "check_free_disk",
+                      lambda *a: (seen.append(sorted(p.name for p in tmp_path.iterdir())), real_check(*a)))
+  storage.write_tensors(tmp_path / "out", in_memory_source(source_tensors()), TEMPLATES.rows(2), SHAPES, Config(),
+                        {"model": "test"}, dtype="float32", overwrite=False, progress=None, start=0.0)
+  assert seen == [[]]  # the leftover buffers were gone when free space was counted

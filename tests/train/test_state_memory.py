@@ -29,3 +29,10 @@ def test_the_line_lists_each_part():
   line = state_memory_line(state, placed, {"f": leaf}, {"f": WHOLE})
   assert line.startswith("state per device: 6.00 MiB (trainable 1.00 MiB, optimizer 1.00 MiB, frozen 4.00 MiB)")
   assert readable_bytes(3 * 2**30 // 2) == "1.50 GiB" and readable_bytes(12) == "12 B"
+
+
+def test_prng_key_leaves_count_their_key_data():
+  fry = jax.eval_shape(lambda: jax.random.split(jax.random.key(0, impl="threefry2x32"), 8))
+  rbg = jax.eval_shape(lambda: jax.random.split(jax.random.key(0, impl="rbg"), 8))
+  # threefry keys are two uint32 words, rbg keys four
+  assert bytes_per_device({"a": fry, "b": rbg}, {"a": WHOLE, "b": WHOLE}) == 8 * 2 * 4 + 8 * 4 * 4
