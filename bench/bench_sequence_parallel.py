@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import functools
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -25,15 +23,8 @@ from rehyat_jax.attention.sequence_parallel import (halo_bytes, linear_state_byt
                                                     sequence_parallel_hybrid_attention)
 from rehyat_jax.core.sharding import SEQUENCE_AXIS
 
-
-def median_ms(fn, args, reps: int) -> float:
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(reps):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append((time.perf_counter() - start) * 1e3)
-  return statistics.median(times)
+# Run as a script: its own folder (bench/) is on sys.path, as for tune_window_kernel.py.
+from bench_attention import median_ms  # noqa: E402
 
 
 def main(argv=None) -> int:
