@@ -1,8 +1,8 @@
 """What a training run keeps on each device between steps, for any mesh, without devices or weights.
 
-The model is built abstractly (``nnx.eval_shape``: shapes and dtypes, no arrays), split by the stage's
-trainable filter, given its optimizer state, and placed with the trainer's own sharding rules
-(``train.setup.state_shardings``, ``core.sharding.mesh_shardings``) on an abstract mesh. So the figures are
+It runs ``train.memory.planned_state_bytes``, as the trainer does before it loads anything: the model built
+abstractly (``nnx.eval_shape``: shapes and dtypes, no arrays), split by the stage's trainable filter, given its
+optimizer state, and placed with the trainer's own sharding rules on an abstract mesh. So the figures are
 exact for the weights, Adam moments, EMA and frozen weights of that config and mesh; activations,
 gradients and XLA's scratch come on top while a step runs (measure them with one step on the hardware:
 the trainer prints its device peak at the end).
@@ -23,11 +23,10 @@ from flax import nnx
 from jax.sharding import AbstractMesh, AxisType
 
 from rehyat_jax.train.cli import load_config
-from rehyat_jax.train.config_checks import runtime_config, stage_of, student_config
+from rehyat_jax.train.config_checks import runtime_config, student_config
+from rehyat_jax.train.memory import planned_state_bytes
 from rehyat_jax.train.mesh import MESH_AXES
-from rehyat_jax.train.optimizer import make_optimizer
-from rehyat_jax.train.setup import bytes_per_device, init_train_state, random_teacher, state_shardings
-from rehyat_jax.core import sharding as sharding_lib
+from rehyat_jax.train.setup import random_teacher
 
 GIB = 2**30
 
@@ -43,20 +42,12 @@ def parse_mesh(text: str) -> dict[str, int]:
 
 
 def plan(cfg, mesh_sizes: dict[str, int]) -> dict[str, float]:
-  """GiB per device: trainable, optimizer, ema, frozen, total."""
-  stage = stage_of(cfg)
-  model = nnx.eval_shape(lambda: random_teacher(cfg, runtime_config(cfg), student_config(cfg)))
-  _, trainable, frozen = nnx.split(model, stage.trainable_filter(cfg), ...)
-  tx = make_optimizer(cfg.optim, max(cfg.train.steps // cfg.optim.grad_accum_steps, 1))
-  state = jax.eval_shape(lambda t: init_train_state(t, tx, cfg.train.ema_decay), trainable)
+  """GiB per device: trainable, optimizer, ema, frozen, total; and the parameter count in billions."""
   mesh = AbstractMesh(tuple(mesh_sizes[a] for a in MESH_AXES), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
-  placed = state_shardings(state, tx, mesh)
-  parts = {"trainable": bytes_per_device(state.trainable, placed.trainable) / GIB,
-           "optimizer": bytes_per_device(state.opt_state, placed.opt_state) / GIB,
-           "ema": bytes_per_device(state.ema, placed.ema) / GIB,
-           "frozen": bytes_per_device(frozen, sharding_lib.mesh_shardings(frozen, mesh)) / GIB}
+  parts = {name: n / GIB for name, n in planned_state_bytes(cfg, mesh).items()}
   parts["total"] = sum(parts.values())
-  parts["parameters"] = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves((trainable, frozen))) / 1e9
+  model = nnx.eval_shape(lambda: random_teacher(cfg, runtime_config(cfg), student_config(cfg)))
+  parts["parameters"] = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(nnx.state(model))) / 1e9
   return parts
 
 

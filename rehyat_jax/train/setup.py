@@ -75,42 +75,6 @@ def count_params(state) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(state)))
 
 
-def bytes_per_device(tree, shardings) -> int:
-  """Bytes one device holds of ``tree`` (arrays or ShapeDtypeStructs) placed with ``shardings`` (a matching
-  tree of Shardings): each leaf's shard shape under its sharding, so replicated leaves count whole."""
-  leaves = jax.tree_util.tree_leaves(tree)
-  placements = jax.tree_util.tree_leaves(shardings, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
-  if len(leaves) != len(placements):
-    raise ValueError(f"{len(leaves)} arrays but {len(placements)} shardings")
-  return sum(int(np.prod(sharding.shard_shape(leaf.shape))) * _itemsize(leaf)
-             for leaf, sharding in zip(leaves, placements))
-
-
-def _itemsize(leaf) -> int:
-  # PRNG key arrays have an extended dtype, which numpy cannot interpret; it states its own bytes per key.
-  if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.extended):
-    return leaf.dtype.itemsize
-  return jnp.dtype(leaf.dtype).itemsize
-
-
-def state_memory_line(state: "TrainState", shardings: "TrainState", frozen, frozen_shardings) -> str:
-  """Per-device GiB of what a run keeps between steps: trainable weights, optimizer state, EMA, frozen weights
-  (activations, gradients and XLA's scratch come on top while a step runs)."""
-  parts = {"trainable": bytes_per_device(state.trainable, shardings.trainable),
-           "optimizer": bytes_per_device(state.opt_state, shardings.opt_state),
-           "ema": bytes_per_device(state.ema, shardings.ema), "frozen": bytes_per_device(frozen, frozen_shardings)}
-  listed = ", ".join(f"{name} {readable_bytes(n)}" for name, n in parts.items() if n or name != "ema")
-  return (f"state per device: {readable_bytes(sum(parts.values()))} ({listed}); activations and gradients come on "
-          "top during a step")
-
-
-def readable_bytes(n: int) -> str:
-  for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-    if n >= size:
-      return f"{n / size:.2f} {unit}"
-  return f"{n} B"
-
-
 def init_train_state(trainable, tx: optax.GradientTransformation, ema_decay: float) -> TrainState:
   ema = jax.tree_util.tree_map(jnp.copy, trainable) if ema_decay > 0 else {}
   return TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable, opt_state=tx.init(trainable), ema=ema)
