@@ -227,3 +227,14 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
                               "workdir": str(tmp_path / "w")})
   with pytest.raises(ConfigError, match="data.data_dir=.*nope.*does not exist"):
     run(cfg)
+
+
+def test_fsdp_with_the_sequence_axis_matches_one_device(tmp_path):
+  """The 14B stage-2 layout in miniature: weights split over fsdp, every sample's frames over the sequence
+  axis (the whole DiT, not one attention layer), on 4 simulated devices; losses as on one device."""
+  common = {"train.steps": 3, "train.global_batch_size": 2, "data.latent_shape": [8, 8, 12]}  # Tc=2: 2 x 2 x 2
+  one = run_script("finetune", {**common, "workdir": str(tmp_path / "one"), "mesh.data": 1})
+  for data, fsdp, sequence in ((1, 2, 2), (2, 1, 2)):
+    split = run_script("finetune", {**common, "workdir": str(tmp_path / f"m{data}{fsdp}{sequence}"), "mesh.data": data,
+                                    "mesh.fsdp": fsdp, "mesh.sequence": sequence}, devices=4)
+    np.testing.assert_allclose(split["losses"], one["losses"], rtol=1e-5, err_msg=f"{(data, fsdp, sequence)}")
