@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The #10 measurements with today's defaults (fused backward, per-kernel tiles), one device call per
 # PART, most important first within each (every step tees its log to $OUT):
-#   PART=kernels   kernel parity (all settings), attention fwd and fwd+bwd teacher vs student at 21 and
-#                  84 latent frames, whole-DiT forward at 42 frames (teacher, parallel, recurrent)
+#   PART=kernels   the 64-bit offset check under this jax (seconds; needs pytest in the image), kernel parity
+#                  (all settings), attention fwd and fwd+bwd teacher vs student at 21 and 84 latent frames,
+#                  whole-DiT forward at 42 frames (teacher, parallel, recurrent)
 #   PART=train     12 training steps at 81x480x832, batch 1: the teacher's own finetune step
 #                  (no block converted), stage 1 and stage 2 of the student
 #   PART=generate  81-frame generation, 10 UniPC steps + CFG: teacher, student parallel and recurrent
@@ -22,6 +23,8 @@ set -uo pipefail
 source bench/device_env.sh
 case ${PART:?set PART=kernels, train, generate, memory, dit or stage1_14b} in
   kernels)
+    python3 -m pytest -q -p no:cacheprovider tests/attention/test_kernel_offsets.py > "$OUT/kernel_offsets.log" 2>&1
+    tail -2 "$OUT/kernel_offsets.log"
     python3 bench/check_kernel_parity.py 2>&1 | tee "$OUT/parity.log" | grep -v Warning | tail -6
     python3 bench/bench_attention.py --frames 21 84 --methods full_softmax rehyat_parallel --window-backend pallas \
       --window-backward pallas --reps 10 --plot "$OUT/attention.png" 2>&1 | tee "$OUT/bench_attention.log" | grep "^|"
