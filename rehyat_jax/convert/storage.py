@@ -108,18 +108,23 @@ def _mapped_buffer(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> np.nd
   return np.asarray(mapped)
 
 
-_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+def _libc_fallocate():
+  fallocate = getattr(ctypes.CDLL(None, use_errno=True), "fallocate", None) if sys.platform.startswith("linux") else None
+  if fallocate is not None:
+    fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+  return fallocate
+
+
+_FALLOCATE = _libc_fallocate()
 
 
 def _reserve_blocks(fd: int, size: int) -> None:
   """Linux fallocate(2): allocates the file's blocks without writing them. Not posix_fallocate, which glibc
   emulates where the file system lacks it (NFS, FUSE) by writing every 4 KiB block; there the buffer stays
   sparse instead, as it does off Linux."""
-  fallocate = getattr(_LIBC, "fallocate", None)
-  if fallocate is None:
+  if _FALLOCATE is None:
     return
-  fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-  if fallocate(fd, 0, 0, size) != 0:
+  if _FALLOCATE(fd, 0, 0, size) != 0:
     err = ctypes.get_errno()
     if err not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
       raise OSError(err, os.strerror(err))
@@ -131,18 +136,14 @@ def _existing_ancestor(path: Path) -> Path:
   return path
 
 
-def check_free_disk(dst: Path, shapes: dict[Any, Any], dtype: str) -> None:
-  """CheckpointError, before any work, when the disk of ``dst`` cannot hold the converted model twice (the
-  memory-mapped buffers and the Orbax output exist together at the end)."""
-  itemsize = target_dtype(dtype).itemsize
-  model = sum(int(np.prod(shape)) * itemsize
-              for shape in jax.tree_util.tree_leaves(shapes, is_leaf=lambda leaf: isinstance(leaf, tuple)))
-  where = _existing_ancestor(Path(dst).absolute().parent)
+def check_free_disk(dst: Path, needed: int, what: str) -> None:
+  """CheckpointError when the disk that will hold ``dst`` has less than ``needed`` bytes free (``what`` says
+  what they are for)."""
+  where = _existing_ancestor(dst.parent)
   free = shutil.disk_usage(where).free
-  if free < 2 * model:
+  if free < needed:
     raise CheckpointError(f"{where} has {free / 1e9:.1f} GB free, but converting there needs about "
-                          f"{2 * model / 1e9:.1f} GB: the converted model ({model / 1e9:.1f} GB, {dtype}) twice while it "
-                          "runs (memory-mapped buffers, then the Orbax copy); free space or choose another destination")
+                          f"{needed / 1e9:.1f} GB: {what}; free space or choose another destination")
 
 
 def fill_params(params: dict[Any, Any], source: TensorSource, table: Mapping[str, KeyRow],
@@ -170,11 +171,13 @@ def write_tensors(dst: str | os.PathLike, source: TensorSource, table: Mapping[s
   """Converts the tensors of ``table`` into ``shapes``-shaped buffers and writes ``dst``; ``conversion`` (the
   per-model part of conversion.json) gains the time taken, ``start`` being the ``time.perf_counter()`` at which the
   conversion began."""
-  # Cheap refusals first: an existing destination, then the disk, counted after what killed conversions left.
-  check_destination(dst, overwrite)
-  remove_abandoned_staging(Path(dst).absolute())
-  check_free_disk(Path(dst), shapes, dtype)
-  with staging_directory(dst, overwrite) as staging:
+  itemsize = target_dtype(dtype).itemsize
+  model_bytes = sum(int(np.prod(shape)) * itemsize
+                    for shape in jax.tree_util.tree_leaves(shapes, is_leaf=lambda leaf: isinstance(leaf, tuple)))
+  # Twice: the memory-mapped buffers and the Orbax copy exist together at the end.
+  with staging_directory(dst, overwrite, disk_needed=(2 * model_bytes, f"the converted model "
+                         f"({model_bytes / 1e9:.1f} GB, {dtype}) twice while it runs (memory-mapped buffers, "
+                         "then the Orbax copy)")) as staging:
     buffer_dir = staging / BUFFERS_DIR
     params = allocate_params(shapes, dtype, buffer_dir)
     fill_params(params, source, table, progress)
@@ -258,14 +261,19 @@ def remove_abandoned_staging(dst: Path) -> list[Path]:
 
 
 @contextlib.contextmanager
-def staging_directory(dst: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+def staging_directory(dst: str | os.PathLike, overwrite: bool = False, *,
+                      disk_needed: tuple[int, str] | None = None) -> Iterator[Path]:
   """A fresh directory next to ``dst`` that replaces ``dst`` when the block succeeds and is removed when it
   fails, so ``dst`` is never half-written. While the block runs the directory's lock file is held (see
-  ``remove_abandoned_staging``)."""
+  ``remove_abandoned_staging``). Refusals come first, before anything is created: an existing ``dst``, then
+  ``disk_needed`` ((bytes, what they are for): ``check_free_disk``), counted after removing what killed
+  conversions left."""
   dst = Path(dst).absolute()  # Orbax rejects relative paths
   check_destination(dst, overwrite)
-  dst.parent.mkdir(parents=True, exist_ok=True)
   remove_abandoned_staging(dst)
+  if disk_needed is not None:
+    check_free_disk(dst, *disk_needed)
+  dst.parent.mkdir(parents=True, exist_ok=True)
   # A fresh uniquely named directory (not tempfile.mkdtemp: its 0700 mode would become dst's mode).
   staging = dst.parent / f".{dst.name}.converting-{uuid.uuid4().hex[:12]}"
   staging.mkdir()

@@ -26,9 +26,9 @@ from rehyat_jax.train import checkpointing, metrics as metrics_lib, step as step
 from rehyat_jax.train.config_checks import check_config, stage_of, student_config
 from rehyat_jax.train.errors import NonFiniteTrainingError
 from rehyat_jax.train.inputs import make_inputs
+from rehyat_jax.train.memory import check_state_fits, memory_line, planned_state_bytes
 from rehyat_jax.train.mesh import initialize_distributed, make_mesh, replicated
 from rehyat_jax.train.optimizer import make_optimizer
-from rehyat_jax.train.memory import check_state_fits, memory_line, planned_state_bytes, state_bytes
 from rehyat_jax.train.setup import build_model, count_params, init_train_state, state_shardings
 from rehyat_jax.train.stages import RunContext
 from rehyat_jax.train.stages.base import Stage
@@ -108,7 +108,9 @@ def _train(cfg, mesh) -> dict:
   workdir = checkpointing.run_path(cfg.workdir)  # local or gs://
   is_main = jax.process_index() == 0
   # Before the weights are read or drawn: a mesh too small for the model's state stops here, with the figures.
-  check_state_fits(planned_state_bytes(cfg, mesh))
+  # The same figures as the built state's (tests/train/test_state_memory.py), so they are printed below too.
+  planned = planned_state_bytes(cfg, mesh)
+  check_state_fits(planned)
   model = build_model(cfg, mesh)
   check_config(cfg, jax.device_count(), jax.process_count(), num_layers=model.cfg.num_layers)
   converted, model_cfg = model.converted, model.cfg
@@ -161,7 +163,7 @@ def _train(cfg, mesh) -> dict:
     print(f"stage {stage.name}: {count_params(state.trainable):,} trainable parameters, "
           f"{count_params(frozen):,} frozen; mesh {dict(mesh.shape)}; {jax.device_count()} devices, "
           f"{jax.process_count()} processes; steps {start}..{cfg.train.steps}", flush=True)
-    print(memory_line(state_bytes(state, shardings, frozen, frozen_shardings)), flush=True)
+    print(memory_line(planned), flush=True)
     if start < cfg.train.steps:
       print("compiling the train step (the first step waits for it; the speed and ETA count only later steps) ...",
             flush=True)

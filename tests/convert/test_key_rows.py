@@ -154,7 +154,7 @@ def test_write_tensors_streams_into_the_tree_and_reads_back(tmp_path):
   assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["config.json", "conversion.json", "params"]
 
 
-def test_conversion_buffers_are_files_not_ram(tmp_path):
+def test_conversion_buffers_are_memory_mapped_files(tmp_path):
   params = storage.allocate_params(SHAPES, "float32", tmp_path / "buffers")
   kernel = params["blocks"]["proj"]["kernel"]
   kernel[...] = 7.0
